@@ -1,0 +1,321 @@
+"""
+One node of the server as a Twisted service: `twistd stalwart`.
+
+Start-up happens in two steps. Before the reactor runs (privilegedStartService)
+the node checks its data folder and binds its ports, so that a port in use or
+an unwritable folder stops `twistd` at once with one log line and exit status
+1. Once the reactor runs, the store opens on its threads, the node reads its
+applied index, and the directory makes sure the admin principal exists; the
+web server answers 503 until then.
+
+Shutting down goes the other way: stop accepting connections, let every
+batch already handed to the writer thread finish, then close the store. So a
+SIGTERM never loses a write the server has acknowledged.
+"""
+
+import os
+import secrets
+import time
+
+from twisted.application.service import Service
+from twisted.internet import ssl
+from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from stalwart_tw.config import SETTINGS, ConfigError, load_settings
+
+ENCRYPTION_KEY_FILE = "encryption.key"
+
+
+class StartupError(Exception):
+    """
+    The node cannot start; the message says why, in one line.
+    """
+
+
+def _describe(setting):
+    if setting.default is None:
+        return setting.help
+    return f"{setting.help} [default: {setting.format(setting.default)}]"
+
+
+class Options(usage.Options):
+    """
+    The command line of `twistd stalwart`: `--config` and one `--name=value`
+    per setting.
+    """
+
+    synopsis = "[--config=FILE] [--setting-name=value ...]"
+    longdesc = (
+        "Run one node of the Stalwart JMAP server. Settings come from the "
+        "environment (NAME), then the command line, then the --config YAML "
+        "file, then their defaults."
+    )
+    optParameters = [["config", "c", None, "YAML file of settings."]] + [
+        [setting.name, None, None, _describe(setting)] for setting in SETTINGS
+    ]
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"twistd stalwart: {error} (see --help)") from None
+
+    def postOptions(self):
+        command_line = {
+            setting.name: self[setting.name]
+            for setting in SETTINGS
+            if self[setting.name] is not None
+        }
+        try:
+            self.settings = load_settings(self["config"], command_line, os.environ)
+        except ConfigError as error:
+            raise SystemExit(f"twistd stalwart: {error}") from None
+
+
+def makeService(options):
+    """
+    The twistd entry point: the service of one node.
+    """
+    return NodeService(options.settings)
+
+
+def _read_file(path, what):
+    try:
+        with open(path, "rb") as source:
+            return source.read()
+    except OSError as error:
+        raise StartupError(f"cannot read {what} {path!r}: {error.strerror}") from None
+
+
+def tls_options(cert_path, key_path):
+    """
+    Load a PEM certificate chain and its private key.
+
+    @raise StartupError: a file is missing or not PEM, or the key does not
+        match the certificate.
+    """
+    chain = _read_file(cert_path, "certificate")
+    key = _read_file(key_path, "private key")
+    marker = b"-----BEGIN CERTIFICATE-----"
+    pems = [marker + part for part in chain.split(marker)[1:]]
+    if not pems:
+        raise StartupError(f"no PEM certificate in {cert_path!r}")
+    try:
+        certificate = ssl.PrivateCertificate.loadPEM(key + b"\n" + pems[0])
+        extra = [ssl.Certificate.loadPEM(pem).original for pem in pems[1:]]
+        return ssl.CertificateOptions(
+            privateKey=certificate.privateKey.original,
+            certificate=certificate.original,
+            extraCertChain=extra,
+        )
+    except Exception as error:
+        raise StartupError(
+            f"cannot use certificate {cert_path!r} with key {key_path!r}: {error}"
+        ) from None
+
+
+class NodeService(Service):
+    """
+    Everything one node runs: store, node, blob store, directory, the web
+    server and the admin shell.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.settings = settings
+        self.ready = False
+        self.ports = {}
+        self._started_at = None
+        self._starting = None
+        self._build_components()
+
+    def _build_components(self):
+        # Imported here so that `twistd --help` stays quick.
+        from stalwart_tw.cluster.node import LocalNode
+        from stalwart_tw.http.app import JmapHttp
+        from stalwart_tw.store.blobs import BlobStore
+        from stalwart_tw.store.directory import Directory
+        from stalwart_tw.store.engine import Store
+
+        settings, data = self.settings, self.settings.db_path
+        # Argon2 and blob file I/O run here, never on the reactor thread.
+        self.workers = ThreadPool(1, settings.worker_pool_size, name="workers")
+        self.store = Store(
+            os.path.join(data, "idx"), settings.worker_pool_size, reactor=self._reactor
+        )
+        self.node = LocalNode(self.store)
+        self.blobs = BlobStore(
+            os.path.join(data, "blobs"),
+            settings.blob_nested_levels,
+            settings.blob_temp_ttl,
+            self.store,
+            self.node,
+            clock=self._reactor,
+            threadpool=self.workers,
+            reactor=self._reactor,
+        )
+        self.directory = Directory(
+            self.store,
+            self.node,
+            clock=self._reactor,
+            hash_threadpool=self.workers,
+            reactor=self._reactor,
+        )
+        self.http = JmapHttp(self.directory, settings, lambda: self.ready)
+
+    # Before the reactor runs.
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        try:
+            self._prepare_data_folder()
+            self._listen()
+        except StartupError as error:
+            self.log.critical("{message}", message=str(error))
+            self._stop_listening()
+            raise SystemExit(1) from None
+
+    def _prepare_data_folder(self):
+        path = self.settings.db_path
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as error:
+            raise StartupError(f"cannot create db-path {path!r}: {error.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StartupError(f"db-path {path!r} is not writable")
+        self.encryption_key = self._load_encryption_key()
+
+    def _load_encryption_key(self):
+        if self.settings.encryption_key:
+            return self.settings.encryption_key
+        path = os.path.join(self.settings.db_path, ENCRYPTION_KEY_FILE)
+        if os.path.exists(path):
+            return _read_file(path, "encryption key").decode("ascii").strip()
+        key = secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as target:
+            target.write(key + "\n")
+            target.flush()
+            os.fsync(target.fileno())
+        self.log.info("generated the encryption key in {path}", path=path)
+        return key
+
+    def _listen(self):
+        settings = self.settings
+        site = Site(self.http.resource())
+        site.displayTracebacks = False
+        if settings.jmap_cert_path:
+            scheme = "https"
+            factory = TLSMemoryBIOFactory(
+                tls_options(settings.jmap_cert_path, settings.jmap_key_path), False, site
+            )
+        else:
+            scheme, factory = "http", site
+        self._listen_one("JMAP", scheme, factory, settings.jmap_bind_addr, settings.jmap_port)
+        if settings.manhole_port:
+            from stalwart_tw.admin.manhole import manhole_factory
+
+            self._listen_one(
+                "admin shell",
+                "telnet",
+                manhole_factory(self.directory, self.status),
+                settings.manhole_bind_addr,
+                settings.manhole_port,
+            )
+
+    def _listen_one(self, name, scheme, factory, address, port):
+        try:
+            listening = self._reactor.listenTCP(port, factory, interface=address)
+        except CannotListenError as error:
+            reason = error.socketError.strerror if error.socketError else str(error)
+            raise StartupError(
+                f"cannot listen for {name} on {address} port {port}: {reason}"
+            ) from None
+        self.ports[name] = listening
+        bound = listening.getHost()
+        host = f"[{bound.host}]" if ":" in bound.host else bound.host
+        self.log.info(
+            "{name} listening on {scheme}://{host}:{port}",
+            name=name,
+            scheme=scheme,
+            host=host,
+            port=bound.port,
+        )
+
+    # Once the reactor runs.
+
+    def startService(self):
+        if not self.ports:
+            self.privilegedStartService()
+        super().startService()
+        self._started_at = time.monotonic()
+        self._starting = ensureDeferred(self._open_data())
+        self._starting.addErrback(self._start_failed)
+
+    async def _open_data(self):
+        self.workers.start()
+        await self.store.open()
+        await self.node.startService()
+        await self.blobs.startService()
+        await self.directory.ensure_admin(self.settings.admin_secret)
+        self.ready = True
+        self.log.info("node ready, data in {path}", path=os.path.abspath(self.settings.db_path))
+
+    def _start_failed(self, failure):
+        self.log.failure("the node could not open its data", failure)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        return ensureDeferred(self._shut_down())
+
+    async def _shut_down(self):
+        await self._stop_listening()
+        if self._starting is not None:
+            await self._starting
+        self.ready = False
+        if self.node.running:
+            await self.node.stopService()
+        if self.blobs.running:
+            await self.blobs.stopService()
+        await self.store.close()
+        if self.workers.started:
+            self.workers.stop()
+        self.log.info("node stopped")
+        # twistd re-raises SIGTERM once the reactor stops, so the process
+        # would report death by signal after a clean stop (and lose buffered
+        # log lines). A node that shut down cleanly exits 0.
+        if getattr(self._reactor, "_exitSignal", None) is not None:
+            self._reactor._exitSignal = None
+
+    def _stop_listening(self):
+        ports, self.ports = list(self.ports.values()), {}
+        return DeferredList([port.stopListening() for port in ports])
+
+    def status(self):
+        """
+        @return: a Deferred firing with what the admin shell shows of this
+            node (sizes are summed on a thread).
+        """
+        return ensureDeferred(self._status())
+
+    async def _status(self):
+        return {
+            "data path": os.path.abspath(self.settings.db_path),
+            "database bytes": self.store.size_on_disk(),
+            "blob bytes": await self.blobs.size_on_disk(),
+            "uptime seconds": int(time.monotonic() - (self._started_at or time.monotonic())),
+            "applied index": self.node.applied_index,
+            "ready": self.ready,
+        }

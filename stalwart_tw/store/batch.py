@@ -1,0 +1,385 @@
+"""
+WriteBatch: the one unit of change to a node's data.
+
+A batch is built from state read earlier (by JMAP, LMTP or the directory)
+and says everything the write changes: row inserts, updates and deletes, the
+change-log records (account, type, object id, created/updated/destroyed),
+blob references gained and lost, and, for each account it writes, the modseq
+that account had when the batch was built.
+
+Applying a batch is a pure function of the batch and the database: it runs
+in one transaction together with the applied index, so a crash leaves all of
+the batch or none of it, and every node that applies the same batches in the
+same order ends with the same data. A batch whose expected modseqs no longer
+match is skipped as a whole (the applied index still moves, identically on
+every node) and reported as a conflict.
+
+Batches serialise to msgpack bytes so the Raft log can carry them; decoding
+checks every table, column and value, so a corrupt entry is refused whole.
+"""
+
+from dataclasses import dataclass, field
+
+import msgpack
+from sqlalchemy import and_, delete, insert, select, update
+
+from stalwart_tw.store import schema
+from stalwart_tw.store.engine import APPLIED_INDEX, read_applied_index
+from stalwart_tw.store.errors import InvalidBatch
+
+FORMAT_VERSION = 1
+
+CREATED, UPDATED, DESTROYED = "c", "u", "d"
+CHANGE_KINDS = {"created": CREATED, "updated": UPDATED, "destroyed": DESTROYED}
+
+INSERT, UPDATE, DELETE = "i", "u", "d"
+
+# The values a batch may carry: what msgpack round-trips exactly.
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+# Tables that only apply() itself writes; a batch may not name them.
+_RESERVED_TABLES = {"node_state", "account_state", "type_state", "changelog", "blobs"}
+
+
+def _check_table(name):
+    table = schema.metadata.tables.get(name)
+    if table is None or name in _RESERVED_TABLES:
+        raise InvalidBatch(f"a batch cannot write table {name!r}")
+    return table
+
+
+def _check_row(table, row, what):
+    if not isinstance(row, dict) or not row:
+        raise InvalidBatch(f"{what} for table {table.name!r} must be a non-empty mapping")
+    for column, value in row.items():
+        if column not in table.c:
+            raise InvalidBatch(f"table {table.name!r} has no column {column!r}")
+        if not isinstance(value, _SCALARS):
+            raise InvalidBatch(
+                f"column {table.name}.{column} cannot carry a {type(value).__name__}"
+            )
+
+
+def _check_int(value, what):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidBatch(f"{what} must be an integer, not {value!r}")
+    return value
+
+
+def _check_str(value, what):
+    if not isinstance(value, str) or not value:
+        raise InvalidBatch(f"{what} must be a non-empty string, not {value!r}")
+    return value
+
+
+class WriteBatch:
+    """
+    The changes of one write, built without touching the database.
+
+    @ivar operations: row operations in order: C{("i", table, values)},
+        C{("u", table, where, values)} and C{("d", table, where)}.
+    @ivar changes: change-log records C{(account_id, type_name, object_id,
+        kind)} with kind C{"c"}, C{"u"} or C{"d"}.
+    @ivar blob_references: blob hash -> C{[delta, size]}: references gained
+        (positive) or released (negative) on each blob.
+    @ivar expected_modseqs: account id -> the modseq it had when the batch
+        was built.
+    """
+
+    def __init__(self):
+        self.operations = []
+        self.changes = []
+        self.blob_references = {}
+        self.expected_modseqs = {}
+
+    def __repr__(self):
+        return (
+            f"<WriteBatch {len(self.operations)} operations, {len(self.changes)} changes, "
+            f"{len(self.blob_references)} blobs, expects {self.expected_modseqs}>"
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, WriteBatch):
+            return NotImplemented
+        return self._as_message() == other._as_message()
+
+    def __bool__(self):
+        return bool(self.operations or self.changes or self.blob_references)
+
+    def insert(self, table_name, **values):
+        """
+        Insert one row.
+        """
+        _check_row(_check_table(table_name), values, "an insert")
+        self.operations.append((INSERT, table_name, values))
+        return self
+
+    def update(self, table_name, where, **values):
+        """
+        Set C{values} on the rows whose columns equal C{where}.
+        """
+        table = _check_table(table_name)
+        _check_row(table, where, "a where clause")
+        _check_row(table, values, "an update")
+        self.operations.append((UPDATE, table_name, dict(where), values))
+        return self
+
+    def delete(self, table_name, **where):
+        """
+        Delete the rows whose columns equal C{where}.
+        """
+        _check_row(_check_table(table_name), where, "a where clause")
+        self.operations.append((DELETE, table_name, where))
+        return self
+
+    def log_change(self, account_id, type_name, object_id, kind):
+        """
+        Record that an object of an account was created, updated or
+        destroyed; applying the batch advances that account's modseq.
+
+        @param kind: C{"created"}, C{"updated"} or C{"destroyed"}.
+        """
+        if kind not in CHANGE_KINDS:
+            raise InvalidBatch(f"unknown change kind {kind!r}")
+        self.changes.append(
+            (
+                _check_int(account_id, "an account id"),
+                _check_str(type_name, "a type name"),
+                _check_str(str(object_id), "an object id"),
+                CHANGE_KINDS[kind],
+            )
+        )
+        return self
+
+    def reference_blob(self, blob_hash, size, count=1):
+        """
+        Take C{count} references on a blob whose file is already stored.
+        """
+        self._add_reference(blob_hash, count, size)
+        return self
+
+    def release_blob(self, blob_hash, count=1):
+        """
+        Drop C{count} references on a blob.
+        """
+        self._add_reference(blob_hash, -count, None)
+        return self
+
+    def _add_reference(self, blob_hash, delta, size):
+        _check_str(blob_hash, "a blob hash")
+        entry = self.blob_references.setdefault(blob_hash, [0, None])
+        entry[0] += delta
+        if size is not None:
+            entry[1] = _check_int(size, "a blob size")
+
+    def expect_modseq(self, account_id, modseq):
+        """
+        Apply this batch only if the account is still at C{modseq}.
+        """
+        self.expected_modseqs[_check_int(account_id, "an account id")] = _check_int(
+            modseq, "a modseq"
+        )
+        return self
+
+    def _as_message(self):
+        return {
+            "v": FORMAT_VERSION,
+            "ops": [list(op) for op in self.operations],
+            "changes": [list(change) for change in self.changes],
+            "blobs": [[h, d, s] for h, (d, s) in sorted(self.blob_references.items())],
+            "expect": sorted([a, m] for a, m in self.expected_modseqs.items()),
+        }
+
+    def to_bytes(self):
+        """
+        @return: the batch as msgpack bytes.
+        """
+        return msgpack.packb(self._as_message(), use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data):
+        """
+        Decode and validate a batch.
+
+        @raise InvalidBatch: the bytes are not a valid batch.
+        """
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as error:
+            raise InvalidBatch(f"undecodable batch: {error}") from None
+        if not isinstance(message, dict) or message.get("v") != FORMAT_VERSION:
+            raise InvalidBatch("not a batch of a known format version")
+        batch = cls()
+        try:
+            for op in message["ops"]:
+                batch._decode_operation(op)
+            for account_id, type_name, object_id, kind in message["changes"]:
+                if kind not in CHANGE_KINDS.values():
+                    raise InvalidBatch(f"unknown change kind {kind!r}")
+                name = next(k for k, v in CHANGE_KINDS.items() if v == kind)
+                batch.log_change(account_id, type_name, object_id, name)
+            for blob_hash, delta, size in message["blobs"]:
+                batch._add_reference(blob_hash, _check_int(delta, "a reference delta"), size)
+            for account_id, modseq in message["expect"]:
+                batch.expect_modseq(account_id, modseq)
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidBatch(f"malformed batch: {error!r}") from None
+        return batch
+
+    def _decode_operation(self, op):
+        kind, table_name, *rest = op
+        if kind == INSERT and len(rest) == 1:
+            self.insert(table_name, **rest[0])
+        elif kind == UPDATE and len(rest) == 2:
+            self.update(table_name, rest[0], **rest[1])
+        elif kind == DELETE and len(rest) == 1:
+            self.delete(table_name, **rest[0])
+        else:
+            raise InvalidBatch(f"malformed operation {op!r}")
+
+
+@dataclass
+class ApplyResult:
+    """
+    What applying a batch did.
+
+    @ivar index: the applied index the batch was given.
+    @ivar conflicts: accounts whose modseq had moved; when not empty, nothing
+        of the batch was applied.
+    @ivar duplicate: the index had been applied before; nothing was done.
+    @ivar modseqs: account id -> its new modseq.
+    @ivar type_states: account id -> {type name -> new modseq} for the types
+        the batch changed, what the state-change bus publishes.
+    """
+
+    index: int
+    conflicts: tuple = ()
+    duplicate: bool = False
+    modseqs: dict = field(default_factory=dict)
+    type_states: dict = field(default_factory=dict)
+
+    @property
+    def applied(self):
+        return not self.conflicts and not self.duplicate
+
+
+def _where(table, columns):
+    return and_(*(table.c[name] == value for name, value in columns.items()))
+
+
+def _run_operation(connection, op):
+    kind, table_name = op[0], op[1]
+    table = schema.metadata.tables[table_name]
+    if kind == INSERT:
+        connection.execute(insert(table).values(**op[2]))
+    elif kind == UPDATE:
+        connection.execute(update(table).where(_where(table, op[2])).values(**op[3]))
+    else:
+        connection.execute(delete(table).where(_where(table, op[2])))
+
+
+def _apply_blob_references(connection, blob_references):
+    blobs = schema.blobs
+    for blob_hash, (delta, size) in sorted(blob_references.items()):
+        if delta == 0:
+            continue
+        current = connection.execute(
+            select(blobs.c.refcount).where(blobs.c.blob_hash == blob_hash)
+        ).scalar()
+        if current is None:
+            if delta < 0 or size is None:
+                raise InvalidBatch(f"releases a reference on unknown blob {blob_hash}")
+            connection.execute(
+                insert(blobs).values(blob_hash=blob_hash, size=size, refcount=delta)
+            )
+        elif current + delta < 0:
+            raise InvalidBatch(f"releases more references than blob {blob_hash} has")
+        elif current + delta == 0:
+            # No row, no reference: the blob store may now delete the file
+            # unless an upload still holds it in blob_temp.
+            connection.execute(delete(blobs).where(blobs.c.blob_hash == blob_hash))
+        else:
+            connection.execute(
+                update(blobs)
+                .where(blobs.c.blob_hash == blob_hash)
+                .values(refcount=current + delta)
+            )
+
+
+def _upsert(connection, table, key, values):
+    changed = connection.execute(update(table).where(_where(table, key)).values(**values))
+    if changed.rowcount == 0:
+        connection.execute(insert(table).values(**key, **values))
+
+
+def _read_modseqs(connection, accounts):
+    table = schema.account_state
+    rows = connection.execute(
+        select(table.c.account_id, table.c.modseq).where(table.c.account_id.in_(accounts))
+    )
+    modseqs = dict.fromkeys(accounts, 0)
+    modseqs.update(dict(rows.all()))
+    return modseqs
+
+
+def _log_changes(connection, batch, current):
+    result_modseqs, type_states = {}, {}
+    for account_id in sorted({change[0] for change in batch.changes}):
+        result_modseqs[account_id] = current[account_id] + 1
+    for account_id, type_name, object_id, kind in batch.changes:
+        modseq = result_modseqs[account_id]
+        connection.execute(
+            insert(schema.changelog).values(
+                account_id=account_id,
+                modseq=modseq,
+                type_name=type_name,
+                object_id=object_id,
+                kind=kind,
+            )
+        )
+        type_states.setdefault(account_id, {})[type_name] = modseq
+    for account_id, modseq in result_modseqs.items():
+        _upsert(connection, schema.account_state, {"account_id": account_id}, {"modseq": modseq})
+        for type_name in type_states[account_id]:
+            _upsert(
+                connection,
+                schema.type_state,
+                {"account_id": account_id, "type_name": type_name},
+                {"modseq": modseq},
+            )
+    return result_modseqs, type_states
+
+
+def _set_applied_index(connection, index):
+    _upsert(connection, schema.node_state, {"key": APPLIED_INDEX}, {"value": index})
+
+
+def apply_batch(connection, batch, index):
+    """
+    Apply C{batch} as the entry at C{index}, inside the caller's transaction.
+
+    An index at or below the applied index is a replay and changes nothing.
+    A batch built on stale state changes nothing but the applied index.
+
+    @return: an L{ApplyResult}.
+    @raise InvalidBatch: the batch cannot apply (it releases references it
+        does not hold); the caller's transaction must roll back.
+    """
+    if index <= read_applied_index(connection):
+        return ApplyResult(index=index, duplicate=True)
+    accounts = sorted({change[0] for change in batch.changes} | set(batch.expected_modseqs))
+    current = _read_modseqs(connection, accounts)
+    stale = tuple(
+        account_id
+        for account_id, modseq in sorted(batch.expected_modseqs.items())
+        if current[account_id] != modseq
+    )
+    if stale:
+        _set_applied_index(connection, index)
+        return ApplyResult(index=index, conflicts=stale)
+    for op in batch.operations:
+        _run_operation(connection, op)
+    _apply_blob_references(connection, batch.blob_references)
+    modseqs, type_states = _log_changes(connection, batch, current)
+    _set_applied_index(connection, index)
+    return ApplyResult(index=index, modseqs=modseqs, type_states=type_states)

@@ -1,0 +1,993 @@
+"""
+The directory: principals (individuals, groups, lists, domains), their
+addresses, memberships and secrets.
+
+Design choices:
+
+ - The directory is account 0 (L{schema.DIRECTORY_ACCOUNT}). Every write
+   reads the current state, builds one L{WriteBatch} that expects the
+   directory's modseq as read, logs each principal it touches as a
+   C{Principal} change, and commits through C{node.commit}. All of it runs
+   under C{node.serialised(DIRECTORY_ACCOUNT, ...)}, so two directory writes
+   on this node never interleave; a conflict can still come from another
+   node's leader term, and then the write is rebuilt once from fresh state
+   and fails if it conflicts again.
+ - Everything a follower needs to replay a write is in the batch: the new id
+   (max(id) + 1 read while building), the creation time (read from the
+   injected clock before building), the Argon2 hash (computed once, before
+   building, so a rebuild does not hash again). Deletes are explicit rows in
+   the batch (addresses, memberships both ways) rather than relying on the
+   database's cascades, so the batch says everything it changes.
+ - Validation that needs no data (kinds, name syntax, address syntax, quota,
+   time zone) happens before anything is read; rules that need data (a
+   domain exists, an address is free, a member exists, no membership cycle)
+   are checked while building, inside the same read transaction the batch
+   is built from, and raise a L{DirectoryError} subclass whose message names
+   the offending value.
+ - Names and addresses are stored lower-case: logins, domain names and
+   e-mail addresses are compared without case everywhere in mail, and one
+   spelling per principal keeps uniqueness simple. A name is a login, so it
+   holds no whitespace or control characters. A domain name must be an LDH
+   DNS name (international names in their xn-- form).
+ - Groups hold individuals and other groups (never a cycle); lists hold
+   individuals and groups. Only individuals have a secret and can log in.
+   A domain, or a rename of one, is refused while addresses use it, rather
+   than silently rewriting other principals' addresses.
+ - Secrets are Argon2id PHC strings. Hashing and verifying run on a thread
+   pool, never on the reactor. An unknown login is verified against a dummy
+   hash so that its timing does not reveal which logins exist.
+ - A successful verification is remembered for L{CACHE_SECONDS} on the
+   injected clock, keyed by the login and a BLAKE3 keyed hash of the
+   password (the key is random per process, so the cache holds nothing that
+   could be attacked offline). Failures are never cached. Any committed
+   change to a principal drops its entries, and a generation counter keeps
+   a verification that was in flight during the change from being cached.
+"""
+
+import re
+import secrets
+import zoneinfo
+from dataclasses import dataclass, replace
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from blake3 import blake3
+from sqlalchemy import func, select, true
+from twisted.internet.defer import fail, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from stalwart_tw.store import schema
+from stalwart_tw.store.batch import WriteBatch
+from stalwart_tw.store.changes import account_modseq
+from stalwart_tw.store.errors import BatchConflict
+from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
+
+INDIVIDUAL, GROUP, LIST, DOMAIN = "individual", "group", "list", "domain"
+KINDS = (INDIVIDUAL, GROUP, LIST, DOMAIN)
+
+# Which kinds of principal each kind may hold as members.
+MEMBER_KINDS = {GROUP: (INDIVIDUAL, GROUP), LIST: (INDIVIDUAL, GROUP)}
+
+ADMIN_NAME = "admin"
+CHANGE_TYPE = "Principal"
+
+NAME_MAX = 255
+ADDRESS_MAX = 320
+LOCAL_PART_MAX = 64
+DOMAIN_MAX = 253
+QUOTA_MAX = 2**63 - 1
+
+CACHE_SECONDS = 60
+CACHE_MAX_ENTRIES = 10_000
+
+# Fields that update() may change.
+UPDATABLE = ("name", "secret", "description", "email", "quota", "timezone")
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+class DirectoryError(ValueError):
+    """
+    A directory request that cannot be done; the message says what and
+    which value.
+    """
+
+
+class PrincipalExists(DirectoryError):
+    """
+    A principal with that name already exists.
+    """
+
+
+class PrincipalNotFound(DirectoryError):
+    """
+    No principal has that name.
+    """
+
+
+class AddressInUse(DirectoryError):
+    """
+    An address already belongs to a principal, or a domain still has
+    addresses.
+    """
+
+
+class InvalidPrincipal(DirectoryError):
+    """
+    A value or a combination that the directory does not accept.
+    """
+
+
+@dataclass(frozen=True)
+class Principal:
+    """
+    A principal as read from the directory. It never carries the secret.
+
+    @ivar members: the names of the members (groups and lists), sorted.
+    @ivar aliases: the alias addresses, sorted; C{email} is the primary one.
+    @ivar quota: bytes, 0 for unlimited.
+    @ivar created_at: seconds since the epoch.
+    """
+
+    id: int
+    kind: str
+    name: str
+    description: str = None
+    email: str = None
+    aliases: tuple = ()
+    members: tuple = ()
+    quota: int = 0
+    timezone: str = None
+    created_at: int = 0
+
+
+# Validation that needs no data.
+
+
+def _check_kind(kind):
+    if kind not in KINDS:
+        raise InvalidPrincipal(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def _lookup_name(name):
+    if not isinstance(name, str):
+        raise InvalidPrincipal(f"a principal name must be a string, not {name!r}")
+    return name.lower()
+
+
+def _check_name(kind, name):
+    name = _lookup_name(name)
+    if not name:
+        raise InvalidPrincipal("a principal name cannot be empty")
+    if len(name) > NAME_MAX:
+        raise InvalidPrincipal(f"name {name[:40]!r}... is longer than {NAME_MAX} characters")
+    if any(char.isspace() or not char.isprintable() for char in name):
+        raise InvalidPrincipal(f"name {name!r} contains whitespace or control characters")
+    if kind == DOMAIN:
+        _check_domain_name(name)
+    return name
+
+
+def _check_domain_name(name):
+    labels = name.split(".")
+    # An all-digit last label would make an IP address look like a domain.
+    if (
+        len(name) > DOMAIN_MAX
+        or not all(_DNS_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise InvalidPrincipal(
+            f"{name!r} is not a domain name (dot-separated labels of letters, digits "
+            "and inner hyphens; write international names in their xn-- form)"
+        )
+
+
+def _check_address(address):
+    """
+    @return: (the address lower-cased, its domain).
+    """
+    if not isinstance(address, str):
+        raise InvalidPrincipal(f"an e-mail address must be a string, not {address!r}")
+    address = address.lower()
+    local, at, domain = address.rpartition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or "@" in local
+        or len(local) > LOCAL_PART_MAX
+        or len(address) > ADDRESS_MAX
+        or any(char.isspace() or not char.isprintable() for char in address)
+    ):
+        raise InvalidPrincipal(f"{address!r} is not an e-mail address of the form local@domain")
+    return address, domain
+
+
+def _check_quota(quota):
+    if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota <= QUOTA_MAX:
+        raise InvalidPrincipal(f"quota {quota!r} must be a whole number of bytes >= 0")
+    return quota
+
+
+def _check_timezone(timezone):
+    if timezone is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidPrincipal(f"unknown time zone {timezone!r}") from None
+    return timezone
+
+
+def _check_description(description):
+    if description is not None and not isinstance(description, str):
+        raise InvalidPrincipal(f"a description must be a string, not {description!r}")
+    return description
+
+
+def _check_secret(secret):
+    if secret is not None and (not isinstance(secret, str) or not secret):
+        raise InvalidPrincipal("a secret must be a non-empty string")
+    return secret
+
+
+def _as_tuple(values):
+    # A lone string is one item, not a sequence of characters.
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+@dataclass(frozen=True)
+class _NewPrincipal:
+    """
+    A validated create request, with the secret already hashed.
+    """
+
+    kind: str
+    name: str
+    secret_hash: str
+    description: str
+    email: str
+    aliases: tuple
+    members: tuple
+    quota: int
+    timezone: str
+    created_at: int
+
+
+def _new_principal(kind, name, secret, description, email, aliases, members, quota, timezone):
+    """
+    Validate a create request; the secret and time are filled in later.
+    """
+    _check_kind(kind)
+    name = _check_name(kind, name)
+    if secret is not None and kind != INDIVIDUAL:
+        raise InvalidPrincipal(f"{name!r}: only individuals have a secret, not a {kind}")
+    _check_secret(secret)
+    aliases = tuple(_check_address(alias)[0] for alias in _as_tuple(aliases))
+    if email is not None:
+        email = _check_address(email)[0]
+    if kind == DOMAIN and (email is not None or aliases):
+        raise InvalidPrincipal(f"domain {name!r} cannot have e-mail addresses")
+    addresses = ([email] if email else []) + list(aliases)
+    repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+    if repeated:
+        raise InvalidPrincipal(f"address {repeated[0]} is given more than once")
+    members = tuple(_lookup_name(member) for member in _as_tuple(members))
+    if members and kind not in MEMBER_KINDS:
+        raise InvalidPrincipal(f"{name!r} is a {kind}; only groups and lists have members")
+    return _NewPrincipal(
+        kind=kind, name=name, secret_hash=None, description=_check_description(description),
+        email=email, aliases=aliases, members=members, quota=_check_quota(quota),
+        timezone=_check_timezone(timezone), created_at=0,
+    )
+
+
+def _check_changes(changes):
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise InvalidPrincipal(
+            f"cannot update {unknown[0]!r}; updatable: {', '.join(UPDATABLE)}"
+        )
+    if not changes:
+        raise InvalidPrincipal("an update needs at least one change")
+    checked = dict(changes)
+    for field, check in (
+        ("secret", _check_secret),
+        ("description", _check_description),
+        ("quota", _check_quota),
+        ("timezone", _check_timezone),
+    ):
+        if field in checked:
+            checked[field] = check(checked[field])
+    if checked.get("email") is not None:
+        checked["email"] = _check_address(checked["email"])[0]
+    return checked
+
+
+# Reading; these run on the store's reader threads.
+
+
+# Every column but the secret, which never leaves this module's checks.
+def _public_columns():
+    p = schema.principals
+    return [column for column in p.c if column.name != "secret"]
+
+
+def _load(connection, condition):
+    """
+    @return: the principals matching C{condition}, sorted by name.
+    """
+    p, e, m = schema.principals, schema.principal_emails, schema.principal_members
+    rows = connection.execute(
+        select(*_public_columns()).where(condition).order_by(p.c.name)
+    ).all()
+    if not rows:
+        return []
+    # Subqueries rather than lists of ids: a listing of every principal
+    # must not hit the database's limit on bound parameters.
+    wanted = select(p.c.id).where(condition)
+    addresses = {}
+    for address, owner, is_alias in connection.execute(
+        select(e.c.address, e.c.principal_id, e.c.is_alias)
+        .where(e.c.principal_id.in_(wanted))
+        .order_by(e.c.address)
+    ):
+        addresses.setdefault(owner, []).append((address, is_alias))
+    members = {}
+    for group_id, member_name in connection.execute(
+        select(m.c.group_id, p.c.name)
+        .join(p, p.c.id == m.c.member_id)
+        .where(m.c.group_id.in_(wanted))
+        .order_by(p.c.name)
+    ):
+        members.setdefault(group_id, []).append(member_name)
+    return [_principal(row, addresses.get(row.id, ()), members.get(row.id, ())) for row in rows]
+
+
+def _principal(row, addresses, members):
+    primary = next((address for address, is_alias in addresses if not is_alias), None)
+    return Principal(
+        id=row.id,
+        kind=row.kind,
+        name=row.name,
+        description=row.description,
+        email=primary,
+        aliases=tuple(address for address, is_alias in addresses if is_alias),
+        members=tuple(members),
+        quota=row.quota,
+        timezone=row.timezone,
+        created_at=row.created_at,
+    )
+
+
+def _load_one(connection, condition):
+    found = _load(connection, condition)
+    return found[0] if found else None
+
+
+def _by_address(address):
+    e = schema.principal_emails
+    return schema.principals.c.id.in_(select(e.c.principal_id).where(e.c.address == address))
+
+
+def _load_credentials(connection, login):
+    """
+    @return: (principal, secret hash) of the individual with a secret that
+        C{login} names (by name first, then by address), else (None, None).
+    """
+    p = schema.principals
+    principal = _load_one(connection, p.c.name == login)
+    if principal is None and "@" in login:
+        principal = _load_one(connection, _by_address(login))
+    if principal is None or principal.kind != INDIVIDUAL:
+        return None, None
+    secret = connection.execute(select(p.c.secret).where(p.c.id == principal.id)).scalar()
+    return (principal, secret) if secret else (None, None)
+
+
+def _require(connection, name):
+    p = schema.principals
+    row = connection.execute(select(p.c.id, p.c.kind, p.c.name).where(p.c.name == name)).first()
+    if row is None:
+        raise PrincipalNotFound(f"no principal named {name!r}")
+    return row
+
+
+def _owner_of(connection, address):
+    """
+    @return: C{(principal id, principal name, is_alias)} or None.
+    """
+    e, p = schema.principal_emails, schema.principals
+    return connection.execute(
+        select(e.c.principal_id, p.c.name, e.c.is_alias)
+        .join(p, p.c.id == e.c.principal_id)
+        .where(e.c.address == address)
+    ).first()
+
+
+def _addresses_in_domain(connection, domain):
+    e = schema.principal_emails
+    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return connection.execute(
+        select(e.c.address).where(e.c.address.like(pattern, escape="\\")).order_by(e.c.address)
+    ).scalars().all()
+
+
+def _check_address_free(connection, address, principal_id, name):
+    """
+    Refuse an address whose domain is not ours or that is already used.
+    """
+    domain = address.rpartition("@")[2]
+    p = schema.principals
+    is_domain = connection.execute(
+        select(p.c.id).where((p.c.name == domain) & (p.c.kind == DOMAIN))
+    ).first()
+    if is_domain is None:
+        raise InvalidPrincipal(f"{address}: {domain!r} is not a domain of this directory")
+    owner = _owner_of(connection, address)
+    if owner is None:
+        return
+    if owner.principal_id == principal_id:
+        raise AddressInUse(f"{address} is already an address of {name!r}")
+    raise AddressInUse(f"{address} is already used by {owner.name!r}")
+
+
+def _refuse_domain_in_use(connection, domain, doing):
+    in_use = _addresses_in_domain(connection, domain)
+    if in_use:
+        shown = ", ".join(in_use[:5]) + (f" and {len(in_use) - 5} more" if len(in_use) > 5 else "")
+        raise AddressInUse(f"cannot {doing} domain {domain!r}: addresses still use it: {shown}")
+
+
+def _contains(connection, group_id, wanted_id):
+    """
+    @return: whether C{wanted_id} is among the members of C{group_id},
+        directly or through nested groups.
+    """
+    m = schema.principal_members
+    seen, frontier = set(), {group_id}
+    while frontier:
+        found = set(
+            connection.execute(
+                select(m.c.member_id).where(m.c.group_id.in_(sorted(frontier)))
+            ).scalars()
+        )
+        if wanted_id in found:
+            return True
+        seen |= frontier
+        frontier = found - seen
+    return False
+
+
+def _check_member(connection, group, member):
+    allowed = MEMBER_KINDS.get(group.kind)
+    if allowed is None:
+        raise InvalidPrincipal(
+            f"{group.name!r} is a {group.kind}; only groups and lists have members"
+        )
+    if member.id == group.id:
+        raise InvalidPrincipal(f"{group.name!r} cannot be a member of itself")
+    if member.kind not in allowed:
+        raise InvalidPrincipal(
+            f"{member.name!r} is a {member.kind}; "
+            f"a {group.kind} holds only {' and '.join(allowed)}s"
+        )
+    if member.kind == GROUP and _contains(connection, member.id, group.id):
+        raise InvalidPrincipal(
+            f"{group.name!r} cannot hold {member.name!r}: {member.name!r} already contains it"
+        )
+
+
+def _is_member(connection, group_id, member_id):
+    m = schema.principal_members
+    return connection.execute(
+        select(m.c.group_id).where((m.c.group_id == group_id) & (m.c.member_id == member_id))
+    ).first() is not None
+
+
+# Building batches: each builder reads through the connection, fills the
+# batch, and returns the id of the principal whose new state the caller
+# gets back (None when it is gone).
+
+
+def _plan(connection, build, args):
+    batch = WriteBatch()
+    batch.expect_modseq(DIRECTORY_ACCOUNT, account_modseq(connection, DIRECTORY_ACCOUNT))
+    principal_id = build(connection, batch, *args)
+    return batch, principal_id
+
+
+def _log(batch, principal_id, kind):
+    batch.log_change(DIRECTORY_ACCOUNT, CHANGE_TYPE, str(principal_id), kind)
+
+
+def _build_create(connection, batch, new):
+    p = schema.principals
+    if connection.execute(select(p.c.id).where(p.c.name == new.name)).first() is not None:
+        raise PrincipalExists(f"a principal named {new.name!r} already exists")
+    principal_id = _next_principal_id(connection, batch)
+    addresses = ([(new.email, False)] if new.email else []) + [(a, True) for a in new.aliases]
+    for address, _ in addresses:
+        _check_address_free(connection, address, principal_id, new.name)
+    group = _Row(id=principal_id, kind=new.kind, name=new.name)
+    member_ids = []
+    for member_name in new.members:
+        if member_name == new.name:
+            raise InvalidPrincipal(f"{new.name!r} cannot be a member of itself")
+        member = _require(connection, member_name)
+        _check_member(connection, group, member)
+        member_ids.append(member.id)
+    batch.insert(
+        "principals", id=principal_id, kind=new.kind, name=new.name,
+        description=new.description, secret=new.secret_hash, quota=new.quota,
+        timezone=new.timezone, created_at=new.created_at,
+    )
+    for address, is_alias in addresses:
+        batch.insert(
+            "principal_emails", address=address, principal_id=principal_id, is_alias=is_alias
+        )
+    for member_id in sorted(set(member_ids)):
+        batch.insert("principal_members", group_id=principal_id, member_id=member_id)
+    _log(batch, principal_id, "created")
+    return principal_id
+
+
+def _next_principal_id(connection, batch):
+    # Ids of destroyed principals are never reused: a new account must not
+    # inherit data still keyed by an old one's id.
+    sequences = schema.id_sequences
+    last = connection.execute(
+        select(sequences.c.last_value).where(sequences.c.name == CHANGE_TYPE)
+    ).scalar()
+    highest = connection.execute(select(func.max(schema.principals.c.id))).scalar() or 0
+    principal_id = max(last or 0, highest) + 1
+    if last is None:
+        batch.insert("id_sequences", name=CHANGE_TYPE, last_value=principal_id)
+    else:
+        batch.update("id_sequences", {"name": CHANGE_TYPE}, last_value=principal_id)
+    return principal_id
+
+
+@dataclass(frozen=True)
+class _Row:
+    # The fields of a principal that membership rules look at, for one not
+    # yet in the database.
+    id: int
+    kind: str
+    name: str
+
+
+def _build_update(connection, batch, name, changes):
+    row = _require(connection, name)
+    values = {}
+    if "name" in changes:
+        new_name = _check_name(row.kind, changes["name"])
+        if new_name != row.name:
+            if _principal_id(connection, new_name) is not None:
+                raise PrincipalExists(f"a principal named {new_name!r} already exists")
+            if row.kind == DOMAIN:
+                _refuse_domain_in_use(connection, row.name, "rename")
+            values["name"] = new_name
+    if "secret_hash" in changes:
+        if row.kind != INDIVIDUAL and changes["secret_hash"] is not None:
+            raise InvalidPrincipal(
+                f"{row.name!r}: only individuals have a secret, not a {row.kind}"
+            )
+        values["secret"] = changes["secret_hash"]
+    for field in ("description", "quota", "timezone"):
+        if field in changes:
+            values[field] = changes[field]
+    if "email" in changes:
+        _set_primary(connection, batch, row, changes["email"])
+    if values:
+        batch.update("principals", {"id": row.id}, **values)
+    _log(batch, row.id, "updated")
+    return row.id
+
+
+def _principal_id(connection, name):
+    p = schema.principals
+    return connection.execute(select(p.c.id).where(p.c.name == name)).scalar()
+
+
+def _set_primary(connection, batch, row, address):
+    if row.kind == DOMAIN and address is not None:
+        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+    e = schema.principal_emails
+    current = connection.execute(
+        select(e.c.address).where((e.c.principal_id == row.id) & e.c.is_alias.is_(False))
+    ).scalar()
+    if address == current:
+        return
+    if address is not None:
+        owner = _owner_of(connection, address)
+        if owner is not None and owner.principal_id == row.id:
+            # One of its own aliases becomes the primary address.
+            batch.delete("principal_emails", address=address)
+        else:
+            _check_address_free(connection, address, row.id, row.name)
+    if current is not None:
+        batch.delete("principal_emails", address=current)
+    if address is not None:
+        batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=False)
+
+
+def _build_delete(connection, batch, name):
+    row = _require(connection, name)
+    if row.kind == DOMAIN:
+        _refuse_domain_in_use(connection, row.name, "delete")
+    m = schema.principal_members
+    containers = connection.execute(
+        select(m.c.group_id).where(m.c.member_id == row.id).order_by(m.c.group_id)
+    ).scalars().all()
+    batch.delete("principal_emails", principal_id=row.id)
+    batch.delete("principal_members", group_id=row.id)
+    batch.delete("principal_members", member_id=row.id)
+    batch.delete("principals", id=row.id)
+    for group_id in containers:
+        _log(batch, group_id, "updated")
+    _log(batch, row.id, "destroyed")
+    return None
+
+
+def _build_add_alias(connection, batch, name, address):
+    row = _require(connection, name)
+    if row.kind == DOMAIN:
+        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+    _check_address_free(connection, address, row.id, row.name)
+    batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=True)
+    _log(batch, row.id, "updated")
+    return row.id
+
+
+def _build_remove_alias(connection, batch, name, address):
+    row = _require(connection, name)
+    owner = _owner_of(connection, address)
+    if owner is None or owner.principal_id != row.id:
+        raise InvalidPrincipal(f"{address} is not an alias of {row.name!r}")
+    if not owner.is_alias:
+        raise InvalidPrincipal(
+            f"{address} is the primary address of {row.name!r}; change it with update(email=...)"
+        )
+    batch.delete("principal_emails", address=address)
+    _log(batch, row.id, "updated")
+    return row.id
+
+
+def _build_add_member(connection, batch, group_name, member_name):
+    group = _require(connection, group_name)
+    member = _require(connection, member_name)
+    _check_member(connection, group, member)
+    if _is_member(connection, group.id, member.id):
+        raise InvalidPrincipal(f"{member.name!r} is already a member of {group.name!r}")
+    batch.insert("principal_members", group_id=group.id, member_id=member.id)
+    _log(batch, group.id, "updated")
+    return group.id
+
+
+def _build_remove_member(connection, batch, group_name, member_name):
+    group = _require(connection, group_name)
+    member = _require(connection, member_name)
+    if not _is_member(connection, group.id, member.id):
+        raise InvalidPrincipal(f"{member.name!r} is not a member of {group.name!r}")
+    batch.delete("principal_members", group_id=group.id, member_id=member.id)
+    _log(batch, group.id, "updated")
+    return group.id
+
+
+class Directory:
+    """
+    The principals of the server, read through the store and written
+    through the node.
+
+    @param clock: an L{IReactorTime} for creation times and the
+        verification cache; the global reactor by default.
+    @param hash_threadpool: the thread pool Argon2 runs on; the reactor's
+        own pool by default.
+    @param password_hasher: an argon2 L{PasswordHasher}; its defaults by
+        default (tests pass cheap parameters).
+    @param reactor: the reactor that thread results are delivered through.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, store, node, clock=None, hash_threadpool=None, password_hasher=None, reactor=None
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._store = store
+        self._node = node
+        self._hash_pool = hash_threadpool
+        self._hasher = password_hasher if password_hasher is not None else PasswordHasher()
+        self._dummy_hash = None
+        # (login, keyed digest of the password) -> (Principal, expiry time).
+        self._verified = {}
+        # Bumped by every invalidation: a verification that started before
+        # it must not be cached after it.
+        self._cache_generation = 0
+        # Random per process, so cached digests are useless outside it.
+        self._cache_key = secrets.token_bytes(32)
+
+    # Reading.
+
+    def get(self, name):
+        """
+        @return: a Deferred firing with the L{Principal} named C{name}, or None.
+        """
+        try:
+            name = _lookup_name(name)
+        except DirectoryError as error:
+            return fail(error)
+        return self._read_one(schema.principals.c.name == name)
+
+    def get_by_id(self, principal_id):
+        """
+        @return: a Deferred firing with the L{Principal} of that id, or None.
+        """
+        return self._read_one(schema.principals.c.id == principal_id)
+
+    def lookup_address(self, address):
+        """
+        @return: a Deferred firing with the L{Principal} that has C{address}
+            as its primary address or an alias (any case), or None.
+        """
+        if not isinstance(address, str):
+            return fail(InvalidPrincipal(f"an address must be a string, not {address!r}"))
+        return self._read_one(_by_address(address.lower()))
+
+    def list(self, kind=None):
+        """
+        @return: a Deferred firing with the principals (of C{kind}, if given),
+            sorted by name.
+        """
+        p = schema.principals
+        try:
+            condition = true() if kind is None else p.c.kind == _check_kind(kind)
+        except DirectoryError as error:
+            return fail(error)
+        return self._store.read(_load, condition)
+
+    def _read_one(self, condition):
+        return self._store.read(_load_one, condition)
+
+    # Writing.
+
+    @inlineCallbacks
+    def create_principal(
+        self, kind, name, secret=None, description=None, email=None,
+        aliases=(), members=(), quota=0, timezone=None,
+    ):
+        """
+        Create a principal.
+
+        @return: a Deferred firing with the new L{Principal}.
+        """
+        new = _new_principal(
+            kind, name, secret, description, email, aliases, members, quota, timezone
+        )
+        secret_hash = (yield self._hash(secret)) if secret is not None else None
+        new = replace(new, secret_hash=secret_hash, created_at=int(self._clock.seconds()))
+        principal = yield self._write(_build_create, new)
+        self.log.info("directory: created {kind} {name!r}", kind=new.kind, name=new.name)
+        return principal
+
+    @inlineCallbacks
+    def update(self, name, /, **changes):
+        """
+        Change any of C{name}, C{secret} (None removes it), C{description},
+        C{email} (the primary address; None removes it), C{quota},
+        C{timezone}.
+
+        @return: a Deferred firing with the updated L{Principal}.
+        """
+        name = _lookup_name(name)
+        changes = _check_changes(changes)
+        if "secret" in changes:
+            secret = changes.pop("secret")
+            changes["secret_hash"] = (yield self._hash(secret)) if secret is not None else None
+        principal = yield self._write(_build_update, name, changes)
+        self.log.info(
+            "directory: updated {name!r} ({fields})", name=name,
+            fields=", ".join(sorted(field.replace("_hash", "") for field in changes)),
+        )
+        return principal
+
+    @inlineCallbacks
+    def delete(self, name):
+        """
+        Delete a principal with its addresses and memberships. A domain
+        is only deleted once no address uses it.
+
+        @return: a Deferred firing with None.
+        """
+        name = _lookup_name(name)
+        yield self._write(_build_delete, name)
+        self.log.info("directory: deleted {name!r}", name=name)
+
+    def add_alias(self, name, address):
+        """
+        @return: a Deferred firing with the L{Principal} with the new alias.
+        """
+        return self._write_checked(_build_add_alias, name, lambda: _check_address(address)[0])
+
+    def remove_alias(self, name, address):
+        """
+        @return: a Deferred firing with the L{Principal} without the alias.
+        """
+        return self._write_checked(_build_remove_alias, name, lambda: _check_address(address)[0])
+
+    def add_member(self, group, member):
+        """
+        @return: a Deferred firing with the group or list, C{member} added.
+        """
+        return self._write_checked(_build_add_member, group, lambda: _lookup_name(member))
+
+    def remove_member(self, group, member):
+        """
+        @return: a Deferred firing with the group or list, C{member} removed.
+        """
+        return self._write_checked(_build_remove_member, group, lambda: _lookup_name(member))
+
+    def _write_checked(self, build, name, second):
+        try:
+            args = (_lookup_name(name), second())
+        except DirectoryError as error:
+            return fail(error)
+        return self._write(build, *args)
+
+    def _write(self, build, *args):
+        return self._node.serialised(DIRECTORY_ACCOUNT, self._write_locked, build, args)
+
+    @inlineCallbacks
+    def _write_locked(self, build, args):
+        for attempt in (1, 2):
+            batch, principal_id = yield self._store.read(_plan, build, args)
+            changed = {int(change[2]) for change in batch.changes if change[1] == CHANGE_TYPE}
+            # Before and after: a verification that overlaps the commit is
+            # neither served from the cache nor added to it.
+            self._forget(changed)
+            try:
+                yield self._node.commit(batch)
+            except BatchConflict:
+                if attempt == 2:
+                    raise
+                self.log.info("directory: write built on stale state; rebuilding it")
+                continue
+            finally:
+                self._forget(changed)
+            if principal_id is None:
+                return None
+            principal = yield self._store.read(_load_one, schema.principals.c.id == principal_id)
+            return principal
+
+    # Secrets.
+
+    def _in_thread(self, function, *args):
+        pool = self._hash_pool if self._hash_pool is not None else self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, function, *args)
+
+    def _hash(self, secret):
+        return self._in_thread(self._hasher.hash, secret)
+
+    def _verify(self, secret_hash, password):
+        # Runs on a hash thread.
+        known = secret_hash is not None
+        if not known:
+            # Unknown login: spend the same time as a real check.
+            if self._dummy_hash is None:
+                self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+            secret_hash = self._dummy_hash
+        try:
+            matched = self._hasher.verify(secret_hash, password)
+        except (VerificationError, InvalidHashError):
+            matched = False
+        return matched and known
+
+    def _digest(self, password):
+        return blake3(password.encode("utf-8"), key=self._cache_key).digest()
+
+    @inlineCallbacks
+    def authenticate(self, login, password):
+        """
+        Check a login (a name or any address of the principal) and its
+        password. Only individuals with a secret can log in.
+
+        @return: a Deferred firing with the L{Principal}, or None.
+        """
+        if not isinstance(login, str) or not isinstance(password, str) or not password:
+            return None
+        login = login.lower()
+        key = (login, self._digest(password))
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        generation = self._cache_generation
+        principal, secret_hash = yield self._store.read(_load_credentials, login)
+        verified = yield self._in_thread(self._verify, secret_hash, password)
+        if not verified or principal is None:
+            return None
+        if generation == self._cache_generation:
+            self._remember(key, principal)
+        return principal
+
+    def _cached(self, key):
+        entry = self._verified.get(key)
+        if entry is None:
+            return None
+        principal, expires_at = entry
+        if self._clock.seconds() >= expires_at:
+            del self._verified[key]
+            return None
+        return principal
+
+    def _remember(self, key, principal):
+        now = self._clock.seconds()
+        if len(self._verified) >= CACHE_MAX_ENTRIES:
+            self._verified = {k: v for k, v in self._verified.items() if v[1] > now}
+            while len(self._verified) >= CACHE_MAX_ENTRIES:
+                # Oldest first: dicts keep insertion order.
+                del self._verified[next(iter(self._verified))]
+        self._verified[key] = (principal, now + CACHE_SECONDS)
+
+    def _forget(self, principal_ids):
+        self._cache_generation += 1
+        if principal_ids:
+            self._verified = {
+                key: entry
+                for key, entry in self._verified.items()
+                if entry[0].id not in principal_ids
+            }
+
+    @inlineCallbacks
+    def ensure_admin(self, secret=None):
+        """
+        Make sure the individual C{admin} exists. At first start it is
+        created with C{secret}, or with a generated password that is logged
+        once. When it exists and C{secret} is given but does not match, the
+        stored secret is replaced: the operator resets it through the
+        configuration.
+
+        @return: a Deferred firing with C{(principal, generated password or
+            None)}.
+        """
+        admin = yield self.get(ADMIN_NAME)
+        if admin is None:
+            generated = secrets.token_urlsafe(18) if secret is None else None
+            admin = yield self.create_principal(
+                INDIVIDUAL, ADMIN_NAME, secret=generated if secret is None else secret,
+                description="server administrator",
+            )
+            if generated is not None:
+                self.log.warn(
+                    "created the admin principal; its password is {password} (shown once)",
+                    password=generated,
+                )
+            return admin, generated
+        if admin.kind != INDIVIDUAL:
+            raise InvalidPrincipal(f"{ADMIN_NAME!r} is a {admin.kind}, not an individual")
+        if secret is not None and (yield self.authenticate(ADMIN_NAME, secret)) is None:
+            admin = yield self.update(ADMIN_NAME, secret=secret)
+            self.log.warn("reset the admin password from the configuration")
+        return admin, None
+
+
+__all__ = [
+    "ADMIN_NAME",
+    "AddressInUse",
+    "Directory",
+    "DirectoryError",
+    "DOMAIN",
+    "GROUP",
+    "INDIVIDUAL",
+    "InvalidPrincipal",
+    "KINDS",
+    "LIST",
+    "Principal",
+    "PrincipalExists",
+    "PrincipalNotFound",
+]

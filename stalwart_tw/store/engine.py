@@ -1,0 +1,214 @@
+"""
+The node's SQLite database: one writer thread, a pool of reader threads.
+
+Every database call runs off the reactor thread and answers with a Deferred.
+Writes go through a single thread holding a single connection, so they are
+applied one at a time in the order they were submitted; reads run
+concurrently on other connections, each inside one transaction, which in WAL
+mode is a consistent snapshot that a concurrent write never tears.
+
+SQLite-only SQL (pragmas, BEGIN IMMEDIATE) is confined to this module so the
+rest of store/ stays portable to a PostgreSQL-speaking database.
+"""
+
+import os
+
+from sqlalchemy import create_engine, event, select
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from stalwart_tw.store import schema
+
+DATABASE_FILE = "stalwart.sqlite3"
+APPLIED_INDEX = "applied_index"
+
+
+def _configure_connection(dbapi_connection, connection_record):
+    # Let SQLAlchemy's "begin" event open transactions explicitly instead of
+    # the sqlite3 module's implicit ones, which do not cover SELECTs.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives power loss, not only a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _begin(connection):
+    if connection.info.get("writer"):
+        # Take the write lock up front so the transaction cannot fail midway
+        # on a lock upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+def make_engine(database_path):
+    """
+    Create the SQLAlchemy engine for the SQLite file at C{database_path}.
+    """
+    engine = create_engine(
+        f"sqlite:///{database_path}",
+        connect_args={"check_same_thread": False},
+    )
+    event.listen(engine, "connect", _configure_connection)
+    event.listen(engine, "begin", _begin)
+    return engine
+
+
+class Store:
+    """
+    The database of one node: a folder holding the SQLite file, the writer
+    thread and the reader pool.
+
+    @ivar path: the folder holding the database file.
+    """
+
+    log = Logger()
+
+    def __init__(self, path, reader_threads=4, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.path = path
+        self.database_path = os.path.join(path, DATABASE_FILE)
+        self._reader_threads = max(1, reader_threads)
+        self._engine = None
+        self._writer_pool = None
+        self._reader_pool = None
+        self._writer_connection = None
+        self._pending_writes = 0
+        self._drained = []
+
+    def open(self):
+        """
+        Create the folder and the tables if needed and start the threads.
+
+        @return: a Deferred that fires when the database is ready.
+        """
+        os.makedirs(self.path, exist_ok=True)
+        self._engine = make_engine(self.database_path)
+        self._writer_pool = ThreadPool(1, 1, name="store-writer")
+        self._reader_pool = ThreadPool(1, self._reader_threads, name="store-reader")
+        self._writer_pool.start()
+        self._reader_pool.start()
+        return self.write(lambda connection: schema.metadata.create_all(connection))
+
+    def _writer(self):
+        # Only ever called on the writer thread.
+        if self._writer_connection is None:
+            self._writer_connection = self._engine.connect()
+            self._writer_connection.info["writer"] = True
+        return self._writer_connection
+
+    def _run_write(self, function, args, kwargs):
+        connection = self._writer()
+        with connection.begin():
+            return function(connection, *args, **kwargs)
+
+    def _run_read(self, function, args, kwargs):
+        with self._engine.connect() as connection:
+            with connection.begin():
+                return function(connection, *args, **kwargs)
+
+    def write(self, function, *args, **kwargs):
+        """
+        Run C{function(connection, *args, **kwargs)} on the writer thread
+        inside one transaction, committed when it returns and rolled back if
+        it raises.
+
+        @return: a Deferred firing with what C{function} returned.
+        """
+        if self._writer_pool is None:
+            raise RuntimeError("the store is not open")
+        self._pending_writes += 1
+        result = deferToThreadPool(
+            self._reactor, self._writer_pool, self._run_write, function, args, kwargs
+        )
+        result.addBoth(self._write_done)
+        return result
+
+    def _write_done(self, result):
+        self._pending_writes -= 1
+        if self._pending_writes == 0:
+            waiting, self._drained = self._drained, []
+            for waiter in waiting:
+                waiter.callback(None)
+        return result
+
+    def read(self, function, *args, **kwargs):
+        """
+        Run C{function(connection, *args, **kwargs)} on a reader thread
+        inside one read transaction.
+
+        @return: a Deferred firing with what C{function} returned.
+        """
+        if self._reader_pool is None:
+            raise RuntimeError("the store is not open")
+        return deferToThreadPool(
+            self._reactor, self._reader_pool, self._run_read, function, args, kwargs
+        )
+
+    def applied_index(self):
+        """
+        @return: a Deferred firing with the index of the last applied batch.
+        """
+        return self.read(read_applied_index)
+
+    def drained(self):
+        """
+        @return: a Deferred that fires once every write submitted so far has
+            finished.
+        """
+        if self._pending_writes == 0:
+            return succeed(None)
+        waiter = Deferred()
+        self._drained.append(waiter)
+        return waiter
+
+    def close(self):
+        """
+        Wait for submitted writes to finish, then stop the threads and close
+        the database.
+        """
+        if self._writer_pool is None:
+            return succeed(None)
+        return self.drained().addCallback(lambda _: self._shut_down())
+
+    def _shut_down(self):
+        writer_pool, reader_pool = self._writer_pool, self._reader_pool
+        self._writer_pool = self._reader_pool = None
+        if self._writer_connection is not None:
+            connection = self._writer_connection
+            self._writer_connection = None
+            writer_pool.callInThread(connection.close)
+        # The queues are empty: joining the idle threads is immediate.
+        writer_pool.stop()
+        reader_pool.stop()
+        self._engine.dispose()
+
+    def size_on_disk(self):
+        """
+        @return: bytes used by the database file and its WAL.
+        """
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.path.getsize(self.database_path + suffix)
+            except OSError:
+                pass
+        return total
+
+
+def read_applied_index(connection):
+    """
+    @return: the index of the last batch applied to this database, 0 if none.
+    """
+    value = connection.execute(
+        select(schema.node_state.c.value).where(schema.node_state.c.key == APPLIED_INDEX)
+    ).scalar()
+    return value or 0

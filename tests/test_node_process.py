@@ -1,0 +1,247 @@
+"""
+The real thing: `twistd -n stalwart` started as a process on loopback ports,
+spoken to over HTTP and telnet, and stopped with SIGTERM.
+"""
+
+import os
+import re
+import signal
+import socket
+import sys
+from base64 import b64encode
+
+from treq.client import HTTPClient
+from twisted.conch import telnet
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = "from twisted.scripts.twistd import run; run()"
+LISTENING = re.compile(rb"(JMAP|admin shell) listening on \w+://127\.0\.0\.1:(\d+)")
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def basic(login, password):
+    return {b"Authorization": [b"Basic " + b64encode(f"{login}:{password}".encode())]}
+
+
+class NodeProcess(protocol.ProcessProtocol):
+    """
+    A `twistd -n stalwart` child: collects its output and fires Deferreds
+    when a line appears and when it exits.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ended = defer.Deferred()
+        self._waiting = []
+
+    def outReceived(self, data):
+        self.output += data
+        for pattern, waiter in list(self._waiting):
+            match = re.search(pattern, self.output)
+            if match:
+                self._waiting.remove((pattern, waiter))
+                waiter.callback(match)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        for _, waiter in self._waiting:
+            waiter.errback(AssertionError(b"exited before printing it:\n" + self.output))
+        self._waiting = []
+        self.ended.callback(reason.value.exitCode)
+
+    def wait_for(self, pattern):
+        """A Deferred firing with the match once the output matches."""
+        match = re.search(pattern, self.output)
+        if match:
+            return defer.succeed(match)
+        waiter = defer.Deferred()
+        self._waiting.append((pattern, waiter))
+        return waiter
+
+
+def start_node(test, *arguments):
+    """Spawn a node with the given settings; stop it when the test ends."""
+    child = NodeProcess()
+    environment = dict(os.environ, PYTHONPATH=REPOSITORY)
+    working_folder = os.path.abspath(test.mktemp())
+    os.makedirs(working_folder)
+    transport = reactor.spawnProcess(
+        child,
+        sys.executable,
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "stalwart", *arguments],
+        env=environment,
+        path=working_folder,
+    )
+
+    def stop_if_running():
+        if child.ended.called:
+            return None
+        transport.signalProcess("KILL")
+        return child.ended
+
+    test.addCleanup(stop_if_running)
+    return child, transport
+
+
+class ShellClient(telnet.TelnetProtocol):
+    """
+    A telnet client that lets the server echo, as a terminal telnet does,
+    and collects what the server shows.
+    """
+
+    def __init__(self):
+        self.screen = b""
+        self._waiting = []
+
+    def enableRemote(self, option):
+        return option == telnet.ECHO
+
+    def disableRemote(self, option):
+        pass
+
+    def dataReceived(self, data):
+        self.screen += data
+        for text, waiter in list(self._waiting):
+            if text in self.screen:
+                self._waiting.remove((text, waiter))
+                waiter.callback(self.screen)
+
+    def wait_for(self, text):
+        if text in self.screen:
+            return defer.succeed(self.screen)
+        waiter = defer.Deferred()
+        self._waiting.append((text, waiter))
+        return waiter
+
+
+class NodeProcessTests(TestCase):
+    """
+    A node started by twistd serves, answers its admin shell and stops cleanly.
+    """
+
+    timeout = 90
+
+    def node_arguments(self, *extra):
+        self.data = os.path.abspath(self.mktemp())
+        return (
+            f"--db-path={self.data}",
+            "--jmap-port=0",
+            f"--manhole-port={free_port()}",
+            "--admin-secret=process-secret",
+            *extra,
+        )
+
+    @defer.inlineCallbacks
+    def start(self, *extra):
+        child, transport = start_node(self, *self.node_arguments(*extra))
+        yield child.wait_for(rb"node ready")
+        ports = {
+            name.decode(): int(port) for name, port in LISTENING.findall(child.output)
+        }
+        return child, transport, ports
+
+    @defer.inlineCallbacks
+    def test_serves_then_stops_on_sigterm(self):
+        """The Session URL challenges, admits the admin, and SIGTERM exits 0."""
+        child, transport, ports = yield self.start()
+        url = f"http://127.0.0.1:{ports['JMAP']}/.well-known/jmap"
+
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        anonymous = yield http.get(url)
+        self.assertEqual(anonymous.code, 401)
+        self.assertIn(b"Basic", anonymous.headers.getRawHeaders(b"WWW-Authenticate")[0])
+        yield anonymous.content()
+
+        wrong = yield http.get(url, headers=basic("admin", "not-it"))
+        self.assertEqual(wrong.code, 401)
+        yield wrong.content()
+
+        admitted = yield http.get(url, headers=basic("admin", "process-secret"))
+        self.assertEqual(admitted.code, 200)
+        self.assertEqual((yield admitted.json())["username"], "admin")
+
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+        self.assertIn(b"node stopped", child.output)
+        self.assertNotIn(b"Traceback", child.output)
+
+    @defer.inlineCallbacks
+    def test_admin_shell_over_telnet(self):
+        """The admin shell asks for the password, then runs helpers against the node."""
+        child, transport, ports = yield self.start()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports["admin shell"])
+        shell = ShellClient()
+        telnet_transport = telnet.TelnetTransport(lambda: shell)
+        yield connectProtocol(endpoint, telnet_transport)
+        self.addCleanup(telnet_transport.loseConnection)
+        # TelnetTransport turns each "\n" into the "\r\n" telnet sends.
+        yield shell.wait_for(b"Username: ")
+        telnet_transport.write(b"admin\n")
+        yield shell.wait_for(b"Password: ")
+        telnet_transport.write(b"process-secret\n")
+        yield shell.wait_for(b">>> ")
+        telnet_transport.write(b"create_domain('example.org')\n")
+        telnet_transport.write(b"list_domains()\n")
+        yield shell.wait_for(b"example.org")
+        telnet_transport.loseConnection()
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+
+    @defer.inlineCallbacks
+    def test_data_survives_restart(self):
+        """What a node wrote is there after SIGTERM and a restart on the same data."""
+        child, transport, ports = yield self.start()
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+        child, transport = start_node(
+            self,
+            f"--db-path={self.data}",
+            "--jmap-port=0",
+            "--manhole-port=0",
+            "--admin-secret=process-secret",
+        )
+        yield child.wait_for(rb"node ready")
+        self.assertNotIn(b"created the admin principal", child.output)
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+
+    @defer.inlineCallbacks
+    def test_port_in_use(self):
+        """A JMAP port already taken gives one clear line and exit status 1."""
+        taken = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        child, _ = start_node(
+            self, *self.node_arguments(), f"--jmap-port={taken.getHost().port}"
+        )
+        self.assertEqual((yield child.ended), 1)
+        self.assertIn(b"cannot listen for JMAP on 127.0.0.1 port", child.output)
+        self.assertNotIn(b"Traceback", child.output)
+
+    @defer.inlineCallbacks
+    def test_bad_setting(self):
+        """A bad value stops start-up with one line naming setting and value."""
+        child, _ = start_node(self, "--jmap-port=eighty")
+        self.assertEqual((yield child.ended), 1)
+        lines = child.output.strip().splitlines()
+        self.assertEqual(len(lines), 1, child.output)
+        self.assertIn(b"jmap-port", lines[0])
+        self.assertIn(b"eighty", lines[0])
+
+    @defer.inlineCallbacks
+    def test_unknown_option(self):
+        """An unknown option is one line too, not a page of usage."""
+        child, _ = start_node(self, "--jmap-prot=80")
+        self.assertEqual((yield child.ended), 1)
+        self.assertEqual(len(child.output.strip().splitlines()), 1, child.output)
+        self.assertIn(b"jmap-prot", child.output)
