@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from stalwart_tw.cluster.node import LocalNode
+from stalwart_tw.cluster.node import LocalNode, NodeStopping
 from stalwart_tw.store import batch as batch_module
 from stalwart_tw.store import changes, schema
 from stalwart_tw.store.batch import WriteBatch, apply_batch
@@ -386,3 +386,37 @@ class SerialisedTests(StoreTestMixin, TestCase):
         first.callback(None)
         self.assertEqual(order, ["one starts", "other key", "two"])
         self.assertTrue(done.called and other.called)
+
+
+class NodeStopTests(TestCase):
+    """
+    Stopping the node finishes accepted writes and refuses new ones.
+    """
+
+    @defer.inlineCallbacks
+    def test_waiting_operations_finish_before_stop(self):
+        """Operations queued behind a lock still commit when stop is called."""
+        store = Store(self.mktemp())
+        yield store.open()
+        self.addCleanup(store.close)
+        node = LocalNode(store)
+        yield node.startService()
+        gate = defer.Deferred()
+
+        def commit_after(waiting_for, number):
+            def operation():
+                batch = WriteBatch().insert("principals", **principal_row(number, f"u{number}"))
+                return waiting_for.addCallback(lambda _: node.commit(batch))
+
+            return node.serialised(1, operation)
+
+        first = commit_after(gate, 1)
+        second = commit_after(defer.succeed(None), 2)
+        stopped = node.stopService()
+        self.assertFalse(stopped.called)
+        refused = node.serialised(1, lambda: None)
+        self.failureResultOf(refused).trap(NodeStopping)
+        gate.callback(None)
+        yield stopped
+        self.assertTrue(first.called and second.called)
+        self.assertEqual((yield store.read(count_rows, schema.principals)), 2)

@@ -10,11 +10,17 @@ one that commits through Raft before applying.
 """
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.logger import Logger
 
 from stalwart_tw.store.batch import apply_batch
 from stalwart_tw.store.errors import BatchConflict
+
+
+class NodeStopping(Exception):
+    """
+    The node is shutting down and accepts no new write.
+    """
 
 
 class LocalNode(Service):
@@ -31,6 +37,10 @@ class LocalNode(Service):
         self._last_index = None
         self._locks = {}
         self._listeners = []
+        # Serialised operations accepted and not finished; stop waits for them.
+        self._operations = 0
+        self._idle_waiters = []
+        self._stopping = False
 
     def startService(self):
         super().startService()
@@ -41,8 +51,26 @@ class LocalNode(Service):
 
     def stopService(self):
         super().stopService()
-        # Batches already handed to the writer finish before the store closes.
-        return self._store.drained()
+        self._stopping = True
+        # Operations already accepted (some still waiting for their lock)
+        # and the batches they hand to the writer finish before the store
+        # closes.
+        return self._idle().addCallback(lambda _: self._store.drained())
+
+    def _idle(self):
+        if self._operations == 0:
+            return succeed(None)
+        waiter = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _operation_done(self, passthrough):
+        self._operations -= 1
+        if self._operations == 0:
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiting:
+                waiter.callback(None)
+        return passthrough
 
     @property
     def applied_index(self):
@@ -91,7 +119,13 @@ class LocalNode(Service):
         Run C{function} (which may return a Deferred) while holding the lock
         of C{key}, usually an account id: a write reads, builds its batch and
         commits with no other write to the same account in between.
+
+        Once the node is stopping, new operations fail with L{NodeStopping};
+        those accepted before run to the end.
         """
+        if self._stopping:
+            return fail(NodeStopping("the node is shutting down"))
+        self._operations += 1
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = DeferredLock()
@@ -102,4 +136,4 @@ class LocalNode(Service):
                 self._locks.pop(key, None)
             return passthrough
 
-        return result.addBoth(forget)
+        return result.addBoth(forget).addBoth(self._operation_done)

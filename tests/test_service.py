@@ -1,0 +1,294 @@
+"""
+The node's service in this process: start-up checks, the web server over
+plain and TLS connections, Basic authentication, and a shutdown that loses
+no write.
+"""
+
+import os
+from base64 import b64encode
+
+import trustme
+from argon2 import PasswordHasher
+from treq.client import HTTPClient
+from treq.testing import StubTreq
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from stalwart_tw.auth.basic import parse_basic
+from stalwart_tw.config import SETTINGS, load_settings
+from stalwart_tw.http.app import JmapHttp
+from stalwart_tw.service import NodeService, Options, StartupError, tls_options
+from stalwart_tw.store import schema
+
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def basic(login, password):
+    token = b64encode(f"{login}:{password}".encode())
+    return {b"Authorization": [b"Basic " + token]}
+
+
+def node_settings(test, **overrides):
+    values = {
+        "db-path": os.path.abspath(test.mktemp()),
+        "jmap-port": "0",
+        "manhole-port": "0",
+        "admin-secret": "service-secret",
+    }
+    values.update(overrides)
+    return load_settings(None, values, {})
+
+
+@implementer(IPolicyForHTTPS)
+class TrustOneAuthority:
+    """Client TLS policy that trusts the test's certificate authority."""
+
+    def __init__(self, authority):
+        self._authority = authority
+
+    def creatorForNetloc(self, hostname, port):
+        return optionsForClientTLS(
+            hostname.decode("ascii"), trustRoot=self._authority
+        )
+
+
+class NodeServiceTests(TestCase):
+    """
+    A node started in this process answers over HTTP(S) and stops cleanly.
+    """
+
+    @defer.inlineCallbacks
+    def start(self, settings):
+        service = NodeService(settings)
+        # Argon2 at production cost makes the suite slow and proves nothing more.
+        service.directory._hasher = CHEAP_HASHER
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        yield service._starting
+        self.assertTrue(service.ready)
+        return service
+
+    def client(self, policy=None):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        if policy is None:
+            return HTTPClient(Agent(reactor, pool=pool))
+        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    @defer.inlineCallbacks
+    def test_https_when_certificate_set(self):
+        """With jmap-cert-path and jmap-key-path the node speaks HTTPS."""
+        authority = trustme.CA()
+        certificate = authority.issue_cert("127.0.0.1", "localhost")
+        folder = self.mktemp()
+        os.makedirs(folder)
+        cert_path = os.path.join(folder, "cert.pem")
+        key_path = os.path.join(folder, "key.pem")
+        certificate.cert_chain_pems[0].write_to_path(cert_path)
+        certificate.private_key_pem.write_to_path(key_path)
+        service = yield self.start(
+            node_settings(self, **{"jmap-cert-path": cert_path, "jmap-key-path": key_path})
+        )
+        port = service.ports["JMAP"].getHost().port
+        trust = TrustOneAuthority(Certificate.loadPEM(authority.cert_pem.bytes()))
+        response = yield self.client(trust).get(
+            f"https://localhost:{port}/.well-known/jmap",
+            headers=basic("admin", "service-secret"),
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual((yield response.json())["username"], "admin")
+
+    @defer.inlineCallbacks
+    def test_stop_finishes_writes_in_flight(self):
+        """Writes handed to the node before stop are all on disk after it."""
+        settings = node_settings(self)
+        service = yield self.start(settings)
+        creating = [
+            service.directory.create_principal("domain", f"d{number}.example.org")
+            for number in range(20)
+        ]
+        yield service.stopService()
+        results = yield defer.DeferredList(creating, consumeErrors=True)
+        self.assertTrue(all(success for success, _ in results))
+
+        again = yield self.start(settings)
+        domains = yield again.directory.list(kind="domain")
+        self.assertEqual(len(domains), 20)
+        yield again.stopService()
+
+    @defer.inlineCallbacks
+    def test_admin_created_once(self):
+        """The admin principal is created at first start only."""
+        settings = node_settings(self)
+        service = yield self.start(settings)
+        yield service.stopService()
+        service = yield self.start(settings)
+
+        def count(connection):
+            return connection.execute(
+                schema.principals.select().where(schema.principals.c.name == "admin")
+            ).all()
+
+        self.assertEqual(len((yield service.store.read(count))), 1)
+        yield service.stopService()
+
+    @defer.inlineCallbacks
+    def test_status(self):
+        """The status the admin shell shows names the data path and the applied index."""
+        settings = node_settings(self)
+        service = yield self.start(settings)
+        status = yield service.status()
+        self.assertEqual(status["data path"], settings.db_path)
+        self.assertEqual(status["applied index"], 1)
+        self.assertGreater(status["database bytes"], 0)
+        yield service.stopService()
+
+    def test_unwritable_data_folder(self):
+        """A db-path that cannot be created stops start-up with one line."""
+        blocker = self.mktemp()
+        with open(blocker, "w") as file:
+            file.write("not a folder")
+        service = NodeService(node_settings(self, **{"db-path": os.path.join(blocker, "data")}))
+        error = self.assertRaises(StartupError, service._prepare_data_folder)
+        self.assertIn("cannot create db-path", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_port_in_use_is_startup_error(self):
+        """Binding a port that is taken raises a one-line StartupError."""
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        service = NodeService(node_settings(self, **{"jmap-port": str(taken.getHost().port)}))
+        error = self.assertRaises(StartupError, service._listen)
+        self.assertIn(f"cannot listen for JMAP on 127.0.0.1 port {taken.getHost().port}", str(error))
+
+    def test_missing_certificate(self):
+        """A certificate file that does not exist is named in one line."""
+        error = self.assertRaises(StartupError, tls_options, "/nonexistent.pem", "/nope.key")
+        self.assertIn("/nonexistent.pem", str(error))
+
+    def test_key_not_matching_certificate(self):
+        """A key that does not belong to the certificate is refused at start-up."""
+        authority = trustme.CA()
+        first, second = authority.issue_cert("a.example"), authority.issue_cert("b.example")
+        folder = self.mktemp()
+        os.makedirs(folder)
+        cert_path, key_path = os.path.join(folder, "c.pem"), os.path.join(folder, "k.pem")
+        first.cert_chain_pems[0].write_to_path(cert_path)
+        second.private_key_pem.write_to_path(key_path)
+        error = self.assertRaises(StartupError, tls_options, cert_path, key_path)
+        self.assertIn("cannot use certificate", str(error))
+
+
+class OptionsTests(TestCase):
+    """
+    `twistd stalwart` options: every setting, one-line errors.
+    """
+
+    def test_help_lists_every_setting(self):
+        """--help shows an option for each setting, with its default."""
+        usage = str(Options())
+        for setting in SETTINGS:
+            self.assertIn(f"--{setting.name}=", usage)
+        self.assertIn("[default: 8080]", usage)
+
+    def test_command_line_reaches_settings(self):
+        """A --name=value option becomes the setting."""
+        options = Options()
+        options.parseOptions(["--jmap-port=8125", "--db-path=/tmp/x"])
+        self.assertEqual(options.settings.jmap_port, 8125)
+        self.assertEqual(options.settings.source("jmap-port"), "command line")
+
+    def test_bad_value_exits_with_one_line(self):
+        """A bad value exits with a message naming setting and value."""
+        error = self.assertRaises(SystemExit, Options().parseOptions, ["--max-calls-in-request=-3"])
+        self.assertIn("max-calls-in-request", str(error.code))
+        self.assertIn("-3", str(error.code))
+        self.assertNotIn("\n", str(error.code))
+
+    def test_unknown_option_exits_with_one_line(self):
+        """An unknown option exits with one line, not the whole usage."""
+        error = self.assertRaises(SystemExit, Options().parseOptions, ["--no-such-thing=1"])
+        self.assertIn("no-such-thing", str(error.code))
+        self.assertNotIn("\n", str(error.code))
+
+
+class FakeDirectory:
+    """Answers logins from a dict, as the directory would."""
+
+    def __init__(self, accounts):
+        self._accounts = accounts
+        self.attempts = []
+
+    def authenticate(self, login, password):
+        self.attempts.append((login, password))
+        principal = self._accounts.get((login, password))
+        return defer.succeed(principal)
+
+
+class Principal:
+    def __init__(self, name):
+        self.name = name
+
+
+class SessionAuthenticationTests(TestCase):
+    """
+    The Session URL's Basic challenge, through the Klein app alone.
+    """
+
+    def setUp(self):
+        self.ready = True
+        self.directory = FakeDirectory({("jane", "pässword"): Principal("jane")})
+        settings = load_settings(None, {}, {})
+        self.http = JmapHttp(self.directory, settings, lambda: self.ready)
+        self.treq = StubTreq(self.http.resource())
+
+    @defer.inlineCallbacks
+    def get(self, headers=None):
+        response = yield self.treq.get("http://127.0.0.1/.well-known/jmap", headers=headers)
+        body = yield response.content()
+        return response, body
+
+    @defer.inlineCallbacks
+    def test_no_credentials(self):
+        """Without credentials: 401, a Basic challenge, a problem document."""
+        response, body = yield self.get()
+        self.assertEqual(response.code, 401)
+        challenge = response.headers.getRawHeaders(b"WWW-Authenticate")[0]
+        self.assertTrue(challenge.startswith(b"Basic realm="))
+        self.assertIn(b"application/problem+json", response.headers.getRawHeaders(b"Content-Type")[0])
+        self.assertEqual(self.directory.attempts, [])
+
+    @defer.inlineCallbacks
+    def test_utf8_credentials(self):
+        """Credentials are decoded as UTF-8, as the challenge announces."""
+        response, body = yield self.get(basic("jane", "pässword"))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'"username":"jane"', body)
+
+    @defer.inlineCallbacks
+    def test_malformed_headers(self):
+        """Garbage in Authorization gets the challenge, never a server error."""
+        for header in (b"Basic", b"Basic !!!", b"Bearer abc", b"Basic " + b64encode(b"nocolon"),
+                       b"Basic " + b64encode(b"\xff\xfe:x")):
+            response, _ = yield self.get({b"Authorization": [header]})
+            self.assertEqual(response.code, 401, header)
+        self.assertEqual(self.directory.attempts, [])
+
+    @defer.inlineCallbacks
+    def test_not_ready(self):
+        """Before the node's data is open the server answers 503, not 401."""
+        self.ready = False
+        response, body = yield self.get(basic("jane", "pässword"))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"5"])
+
+    def test_parse_basic(self):
+        """A password may contain colons; the login may not be empty."""
+        self.assertEqual(parse_basic(b"Basic " + b64encode(b"a:b:c")), ("a", "b:c"))
+        self.assertIsNone(parse_basic(b"Basic " + b64encode(b":pw")))
+        self.assertIsNone(parse_basic(None))
