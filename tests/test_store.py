@@ -2,6 +2,8 @@
 Tests for the store's engine, WriteBatch, the change log and the local node.
 """
 
+import threading
+
 from sqlalchemy import func, select
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -420,3 +422,42 @@ class NodeStopTests(TestCase):
         yield stopped
         self.assertTrue(first.called and second.called)
         self.assertEqual((yield store.read(count_rows, schema.principals)), 2)
+
+
+class GroupCommitTests(StoreTestMixin, TestCase):
+    """
+    Writes queued together commit together, and each stays all-or-nothing.
+    """
+
+    @defer.inlineCallbacks
+    def test_failure_inside_a_group_is_isolated(self):
+        """One failing batch in a group rolls back alone; the others commit."""
+        groups = []
+        original = Store._run_group
+
+        def recording(store, group):
+            groups.append(len(group))
+            return original(store, group)
+
+        self.patch(Store, "_run_group", recording)
+        release = threading.Event()
+        # Hold the writer thread so that the next writes queue up together.
+        holding = self.store.write(lambda connection: release.wait(30))
+        commits = []
+        for number in range(1, 6):
+            batch = WriteBatch().insert("principals", **principal_row(number, f"user{number}"))
+            if number == 3:
+                batch.release_blob("ab" * 32)
+            batch.log_change(1, "Principal", str(number), "created")
+            commits.append(self.node.commit(batch))
+        release.set()
+        yield holding
+        outcomes = yield defer.DeferredList(commits, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in outcomes], [True, True, False, True, True])
+        outcomes[2][1].trap(InvalidBatch)
+        # The five batches went in one group (with the holding write or after it).
+        self.assertGreaterEqual(max(groups), 5)
+        names = sorted(row["name"] for row in (yield self.read_all(schema.principals)))
+        self.assertEqual(names, ["user1", "user2", "user4", "user5"])
+        self.assertEqual((yield self.store.read(changes.account_modseq, 1)), 4)
+        self.assertEqual((yield self.store.applied_index()), 5)

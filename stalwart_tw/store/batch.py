@@ -19,9 +19,10 @@ checks every table, column and value, so a corrupt entry is refused whole.
 """
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import msgpack
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 
 from stalwart_tw.store import schema
 from stalwart_tw.store.engine import APPLIED_INDEX, read_applied_index
@@ -263,62 +264,96 @@ class ApplyResult:
         return not self.conflicts and not self.duplicate
 
 
-def _where(table, columns):
-    return and_(*(table.c[name] == value for name, value in columns.items()))
+# Apply runs on every node for every entry, so its statements are built once
+# with bind parameters and reused; building them per call costs more than
+# executing them.
+
+
+@lru_cache(maxsize=512)
+def _statement(kind, table_name, where_columns=(), value_columns=()):
+    table = schema.metadata.tables[table_name]
+    if kind == INSERT:
+        return insert(table)
+    condition = and_(*(table.c[name] == bindparam(f"w_{name}") for name in where_columns))
+    if kind == UPDATE:
+        return update(table).where(condition).values(
+            {name: bindparam(f"v_{name}") for name in value_columns}
+        )
+    if kind == DELETE:
+        return delete(table).where(condition)
+    return select(*(table.c[name] for name in value_columns)).where(condition)
+
+
+def _parameters(where, values=None):
+    parameters = {f"w_{name}": value for name, value in where.items()}
+    if values:
+        parameters.update((f"v_{name}", value) for name, value in values.items())
+    return parameters
+
+
+def _update(connection, table_name, where, values):
+    statement = _statement(UPDATE, table_name, tuple(where), tuple(values))
+    return connection.execute(statement, _parameters(where, values))
+
+
+def _delete(connection, table_name, where):
+    statement = _statement(DELETE, table_name, tuple(where))
+    return connection.execute(statement, _parameters(where))
+
+
+def _select_one(connection, table_name, column, where):
+    statement = _statement("select", table_name, tuple(where), (column,))
+    return connection.execute(statement, _parameters(where)).scalar()
 
 
 def _run_operation(connection, op):
     kind, table_name = op[0], op[1]
-    table = schema.metadata.tables[table_name]
     if kind == INSERT:
-        connection.execute(insert(table).values(**op[2]))
+        connection.execute(_statement(INSERT, table_name), op[2])
     elif kind == UPDATE:
-        connection.execute(update(table).where(_where(table, op[2])).values(**op[3]))
+        _update(connection, table_name, op[2], op[3])
     else:
-        connection.execute(delete(table).where(_where(table, op[2])))
+        _delete(connection, table_name, op[2])
 
 
 def _apply_blob_references(connection, blob_references):
-    blobs = schema.blobs
     for blob_hash, (delta, size) in sorted(blob_references.items()):
         if delta == 0:
             continue
-        current = connection.execute(
-            select(blobs.c.refcount).where(blobs.c.blob_hash == blob_hash)
-        ).scalar()
+        key = {"blob_hash": blob_hash}
+        current = _select_one(connection, "blobs", "refcount", key)
         if current is None:
             if delta < 0 or size is None:
                 raise InvalidBatch(f"releases a reference on unknown blob {blob_hash}")
             connection.execute(
-                insert(blobs).values(blob_hash=blob_hash, size=size, refcount=delta)
+                _statement(INSERT, "blobs"),
+                {"blob_hash": blob_hash, "size": size, "refcount": delta},
             )
         elif current + delta < 0:
             raise InvalidBatch(f"releases more references than blob {blob_hash} has")
         elif current + delta == 0:
             # No row, no reference: the blob store may now delete the file
             # unless an upload still holds it in blob_temp.
-            connection.execute(delete(blobs).where(blobs.c.blob_hash == blob_hash))
+            _delete(connection, "blobs", key)
         else:
-            connection.execute(
-                update(blobs)
-                .where(blobs.c.blob_hash == blob_hash)
-                .values(refcount=current + delta)
-            )
+            _update(connection, "blobs", key, {"refcount": current + delta})
 
 
 def _upsert(connection, table, key, values):
-    changed = connection.execute(update(table).where(_where(table, key)).values(**values))
-    if changed.rowcount == 0:
-        connection.execute(insert(table).values(**key, **values))
+    if _update(connection, table.name, key, values).rowcount == 0:
+        connection.execute(_statement(INSERT, table.name), {**key, **values})
+
+
+_SELECT_MODSEQS = (
+    select(schema.account_state.c.account_id, schema.account_state.c.modseq)
+    .where(schema.account_state.c.account_id.in_(bindparam("accounts", expanding=True)))
+)
 
 
 def _read_modseqs(connection, accounts):
-    table = schema.account_state
-    rows = connection.execute(
-        select(table.c.account_id, table.c.modseq).where(table.c.account_id.in_(accounts))
-    )
     modseqs = dict.fromkeys(accounts, 0)
-    modseqs.update(dict(rows.all()))
+    if accounts:
+        modseqs.update(dict(connection.execute(_SELECT_MODSEQS, {"accounts": accounts}).all()))
     return modseqs
 
 
@@ -326,18 +361,16 @@ def _log_changes(connection, batch, current):
     result_modseqs, type_states = {}, {}
     for account_id in sorted({change[0] for change in batch.changes}):
         result_modseqs[account_id] = current[account_id] + 1
+    records = []
     for account_id, type_name, object_id, kind in batch.changes:
         modseq = result_modseqs[account_id]
-        connection.execute(
-            insert(schema.changelog).values(
-                account_id=account_id,
-                modseq=modseq,
-                type_name=type_name,
-                object_id=object_id,
-                kind=kind,
-            )
+        records.append(
+            {"account_id": account_id, "modseq": modseq, "type_name": type_name,
+             "object_id": object_id, "kind": kind}
         )
         type_states.setdefault(account_id, {})[type_name] = modseq
+    if records:
+        connection.execute(_statement(INSERT, "changelog"), records)
     for account_id, modseq in result_modseqs.items():
         _upsert(connection, schema.account_state, {"account_id": account_id}, {"modseq": modseq})
         for type_name in type_states[account_id]:

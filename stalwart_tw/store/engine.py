@@ -12,17 +12,22 @@ rest of store/ stays portable to a PostgreSQL-speaking database.
 """
 
 import os
+import threading
+from collections import deque
 
 from sqlalchemy import create_engine, event, select
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from stalwart_tw.store import schema
 
 DATABASE_FILE = "stalwart.sqlite3"
 APPLIED_INDEX = "applied_index"
+# Writes committed together at most: bounds the latency one group adds.
+MAX_GROUP = 256
 
 
 def _configure_connection(dbapi_connection, connection_record):
@@ -83,6 +88,11 @@ class Store:
         self._writer_connection = None
         self._pending_writes = 0
         self._drained = []
+        # Writes waiting for the writer thread; the lock also guards
+        # _draining, true while the writer thread is emptying the queue.
+        self._write_queue = deque()
+        self._queue_lock = threading.Lock()
+        self._draining = False
 
     def open(self):
         """
@@ -105,10 +115,42 @@ class Store:
             self._writer_connection.info["writer"] = True
         return self._writer_connection
 
-    def _run_write(self, function, args, kwargs):
+    def _drain_writes(self):
+        # Runs on the writer thread until the queue is empty.
+        while True:
+            with self._queue_lock:
+                group = []
+                while self._write_queue and len(group) < MAX_GROUP:
+                    group.append(self._write_queue.popleft())
+                if not group:
+                    self._draining = False
+                    return
+            outcomes = self._run_group(group)
+            self._reactor.callFromThread(_deliver, group, outcomes)
+
+    def _run_group(self, group):
+        """
+        Apply queued writes in one transaction, each in its own savepoint:
+        one that raises is rolled back alone, and one commit (one fsync)
+        makes all the others durable together.
+        """
         connection = self._writer()
-        with connection.begin():
-            return function(connection, *args, **kwargs)
+        outcomes = []
+        try:
+            with connection.begin():
+                for function, args, kwargs, _ in group:
+                    try:
+                        with connection.begin_nested():
+                            outcomes.append((True, function(connection, *args, **kwargs)))
+                    except Exception:
+                        outcomes.append((False, Failure()))
+        except Exception:
+            # The commit itself failed: nothing of the group is durable.
+            failure = Failure()
+            self.log.failure("a group of {count} writes failed to commit", failure,
+                             count=len(group))
+            outcomes = [(False, failure)] * len(group)
+        return outcomes
 
     def _run_read(self, function, args, kwargs):
         with self._engine.connect() as connection:
@@ -117,18 +159,22 @@ class Store:
 
     def write(self, function, *args, **kwargs):
         """
-        Run C{function(connection, *args, **kwargs)} on the writer thread
-        inside one transaction, committed when it returns and rolled back if
-        it raises.
+        Run C{function(connection, *args, **kwargs)} on the writer thread,
+        all or nothing: rolled back if it raises. Writes queued together are
+        committed together (group commit); each one's Deferred fires only
+        once its commit is durable.
 
         @return: a Deferred firing with what C{function} returned.
         """
         if self._writer_pool is None:
             raise RuntimeError("the store is not open")
         self._pending_writes += 1
-        result = deferToThreadPool(
-            self._reactor, self._writer_pool, self._run_write, function, args, kwargs
-        )
+        result = Deferred()
+        with self._queue_lock:
+            self._write_queue.append((function, args, kwargs, result))
+            start, self._draining = not self._draining, True
+        if start:
+            self._writer_pool.callInThread(self._drain_writes)
         result.addBoth(self._write_done)
         return result
 
@@ -204,11 +250,21 @@ class Store:
         return total
 
 
+def _deliver(group, outcomes):
+    for (_, _, _, result), (succeeded, value) in zip(group, outcomes):
+        if succeeded:
+            result.callback(value)
+        else:
+            result.errback(value)
+
+
 def read_applied_index(connection):
     """
     @return: the index of the last batch applied to this database, 0 if none.
     """
-    value = connection.execute(
-        select(schema.node_state.c.value).where(schema.node_state.c.key == APPLIED_INDEX)
-    ).scalar()
-    return value or 0
+    return connection.execute(_SELECT_APPLIED_INDEX).scalar() or 0
+
+
+_SELECT_APPLIED_INDEX = select(schema.node_state.c.value).where(
+    schema.node_state.c.key == APPLIED_INDEX
+)
