@@ -21,13 +21,13 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from stalwart_tw.config import SETTINGS, ConfigError, load_settings
+from stalwart_tw.logs import Logger, set_level
 
 ENCRYPTION_KEY_FILE = "encryption.key"
 
@@ -82,6 +82,7 @@ def makeService(options):
     """
     The twistd entry point: the service of one node.
     """
+    set_level(options.settings.log_level)
     return NodeService(options.settings)
 
 

@@ -40,9 +40,9 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from stalwart_tw.logs import Logger
 from stalwart_tw.store.directory import (
     ADMIN_NAME,
     DOMAIN,

@@ -11,8 +11,8 @@ one that commits through Raft before applying.
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
-from twisted.logger import Logger
 
+from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import apply_batch
 from stalwart_tw.store.errors import BatchConflict
 

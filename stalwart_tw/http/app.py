@@ -9,9 +9,9 @@ in; errors are RFC 7807 problem documents in JSON throughout.
 
 import orjson
 from klein import Klein
-from twisted.logger import Logger
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
+from stalwart_tw.logs import Logger
 
 PROBLEM_TYPE = "application/problem+json"
 

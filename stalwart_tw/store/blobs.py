@@ -72,8 +72,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 
+from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.errors import BlobMissing

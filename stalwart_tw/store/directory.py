@@ -55,8 +55,8 @@ from blake3 import blake3
 from sqlalchemy import func, select, true
 from twisted.internet.defer import fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 
+from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.changes import account_modseq

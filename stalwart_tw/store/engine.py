@@ -18,10 +18,10 @@ from collections import deque
 from sqlalchemy import create_engine, event, select
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 
 DATABASE_FILE = "stalwart.sqlite3"
