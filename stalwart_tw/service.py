@@ -13,14 +13,17 @@ batch already handed to the writer thread finish, then close the store. So a
 SIGTERM never loses a write the server has acknowledged.
 """
 
+import ipaddress
 import os
 import secrets
+import sys
 import time
 
 from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -28,8 +31,11 @@ from twisted.web.server import Site
 
 from stalwart_tw.config import SETTINGS, ConfigError, load_settings
 from stalwart_tw.logs import Logger, set_level
+from stalwart_tw.store.engine import check_database
+from stalwart_tw.store.errors import StoreError
 
 ENCRYPTION_KEY_FILE = "encryption.key"
+MIN_KEY_LENGTH = 16
 
 
 class StartupError(Exception):
@@ -94,6 +100,28 @@ def _read_file(path, what):
         raise StartupError(f"cannot read {what} {path!r}: {error.strerror}") from None
 
 
+def _write_atomically(path, data, mode):
+    # A crash leaves either no file or the whole file, never an empty key.
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as target:
+            target.write(data)
+            target.flush()
+            os.fsync(target.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    folder_descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(folder_descriptor)
+    finally:
+        os.close(folder_descriptor)
+
+
 def tls_options(cert_path, key_path):
     """
     Load a PEM certificate chain and its private key.
@@ -119,6 +147,12 @@ def tls_options(cert_path, key_path):
         raise StartupError(
             f"cannot use certificate {cert_path!r} with key {key_path!r}: {error}"
         ) from None
+
+
+def _exit_failed():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class NodeService(Service):
@@ -194,6 +228,10 @@ class NodeService(Service):
             raise StartupError(f"cannot create db-path {path!r}: {error.strerror}") from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise StartupError(f"db-path {path!r} is not writable")
+        try:
+            check_database(self.store.path)
+        except StoreError as error:
+            raise StartupError(str(error)) from None
         self.encryption_key = self._load_encryption_key()
 
     def _load_encryption_key(self):
@@ -201,13 +239,14 @@ class NodeService(Service):
             return self.settings.encryption_key
         path = os.path.join(self.settings.db_path, ENCRYPTION_KEY_FILE)
         if os.path.exists(path):
-            return _read_file(path, "encryption key").decode("ascii").strip()
+            key = _read_file(path, "encryption key").decode("ascii", "replace").strip()
+            if len(key) < MIN_KEY_LENGTH:
+                raise StartupError(
+                    f"encryption key in {path!r} is shorter than {MIN_KEY_LENGTH} characters"
+                )
+            return key
         key = secrets.token_urlsafe(32)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as target:
-            target.write(key + "\n")
-            target.flush()
-            os.fsync(target.fileno())
+        _write_atomically(path, (key + "\n").encode("ascii"), 0o600)
         self.log.info("generated the encryption key in {path}", path=path)
         return key
 
@@ -225,6 +264,13 @@ class NodeService(Service):
         self._listen_one("JMAP", scheme, factory, settings.jmap_bind_addr, settings.jmap_port)
         if settings.manhole_port:
             from stalwart_tw.admin.manhole import manhole_factory
+
+            if not ipaddress.ip_address(settings.manhole_bind_addr).is_loopback:
+                self.log.warn(
+                    "the admin shell listens on {address}, beyond loopback: telnet "
+                    "sends the admin password in clear",
+                    address=settings.manhole_bind_addr,
+                )
 
             self._listen_one(
                 "admin shell",
@@ -273,8 +319,14 @@ class NodeService(Service):
         self.log.info("node ready, data in {path}", path=os.path.abspath(self.settings.db_path))
 
     def _start_failed(self, failure):
-        self.log.failure("the node could not open its data", failure)
+        self.log.critical(
+            "the node could not start: {error}", error=failure.getErrorMessage() or failure.type
+        )
+        self.log.failure("start-up failure", failure, level=LogLevel.debug)
         if self._reactor.running:
+            # twistd exits 0 once the reactor stops; a node that failed to
+            # start must not look like one that stopped cleanly.
+            self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self._reactor.stop()
 
     def stopService(self):

@@ -60,6 +60,9 @@ class InterferingNode:
     def serialised(self, key, function, *args, **kwargs):
         return self._node.serialised(key, function, *args, **kwargs)
 
+    def add_listener(self, listener):
+        self._node.add_listener(listener)
+
     @inlineCallbacks
     def commit(self, batch):
         self.commits += 1
@@ -632,6 +635,20 @@ class CacheTests(DirectoryTestCase):
         yield self.directory.authenticate("alicia", "alice-pw")
         yield self.directory.delete("alicia")
         self.assertIsNone((yield self.directory.authenticate("alicia", "alice-pw")))
+
+    @inlineCallbacks
+    def test_change_applied_elsewhere_invalidates(self):
+        """A principal change that reaches the node by another path drops the cache."""
+        yield self.populate()
+        alice = yield self.directory.authenticate("alice", "alice-pw")
+        replacement = self.hasher.hash("changed-elsewhere")
+        batch = WriteBatch().update("principals", {"id": alice.id}, secret=replacement)
+        batch.log_change(DIRECTORY_ACCOUNT, "Principal", str(alice.id), "updated")
+        yield self.node.commit(batch)
+        self.assertIsNone((yield self.directory.authenticate("alice", "alice-pw")))
+        self.assertEqual(
+            (yield self.directory.authenticate("alice", "changed-elsewhere")).name, "alice"
+        )
 
     @inlineCallbacks
     def test_cache_holds_no_password(self):

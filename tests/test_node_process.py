@@ -200,21 +200,39 @@ class NodeProcessTests(TestCase):
 
     @defer.inlineCallbacks
     def test_data_survives_restart(self):
-        """What a node wrote is there after SIGTERM and a restart on the same data."""
-        child, transport, ports = yield self.start()
-        transport.signalProcess("TERM")
-        self.assertEqual((yield child.ended), 0)
-        child, transport = start_node(
-            self,
-            f"--db-path={self.data}",
-            "--jmap-port=0",
-            "--manhole-port=0",
-            "--admin-secret=process-secret",
-        )
+        """The admin password generated at first start still works after a restart."""
+        self.data = os.path.abspath(self.mktemp())
+        arguments = (f"--db-path={self.data}", "--jmap-port=0", "--manhole-port=0")
+        child, transport = start_node(self, *arguments)
+        password = (yield child.wait_for(rb"its password is (\S+) \(shown once\)")).group(1)
         yield child.wait_for(rb"node ready")
-        self.assertNotIn(b"created the admin principal", child.output)
         transport.signalProcess("TERM")
         self.assertEqual((yield child.ended), 0)
+
+        child, transport = start_node(self, *arguments)
+        yield child.wait_for(rb"node ready")
+        self.assertNotIn(b"its password is", child.output)
+        port = int(LISTENING.search(child.output).group(2))
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = yield http.get(
+            f"http://127.0.0.1:{port}/.well-known/jmap", headers=basic("admin", password.decode())
+        )
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+
+    @defer.inlineCallbacks
+    def test_corrupt_database(self):
+        """A database file that is not SQLite stops start-up with one line and status 1."""
+        arguments = self.node_arguments()
+        os.makedirs(os.path.join(self.data, "idx"))
+        with open(os.path.join(self.data, "idx", "stalwart.sqlite3"), "wb") as database:
+            database.write(b"this is not a database" * 100)
+        child, _ = start_node(self, *arguments)
+        self.assertEqual((yield child.ended), 1)
+        self.assertIn(b"cannot open database", child.output)
+        self.assertNotIn(b"Traceback", child.output)
 
     @defer.inlineCallbacks
     def test_port_in_use(self):

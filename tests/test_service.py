@@ -123,19 +123,50 @@ class NodeServiceTests(TestCase):
 
     @defer.inlineCallbacks
     def test_admin_created_once(self):
-        """The admin principal is created at first start only."""
+        """A restart finds the admin created at first start and writes nothing."""
+        settings = node_settings(self)
+        service = yield self.start(settings)
+        first = yield service.directory.get("admin")
+        yield service.stopService()
+        service = yield self.start(settings)
+        again = yield service.directory.get("admin")
+        self.assertEqual((again.id, again.created_at), (first.id, first.created_at))
+        self.assertEqual(service.node.applied_index, 1)
+        yield service.stopService()
+
+    @defer.inlineCallbacks
+    def test_admin_secret_reset_through_settings(self):
+        """A new admin-secret in the settings replaces the stored password."""
         settings = node_settings(self)
         service = yield self.start(settings)
         yield service.stopService()
-        service = yield self.start(settings)
-
-        def count(connection):
-            return connection.execute(
-                schema.principals.select().where(schema.principals.c.name == "admin")
-            ).all()
-
-        self.assertEqual(len((yield service.store.read(count))), 1)
+        service = yield self.start(settings.replace(admin_secret="a-new-secret"))
+        self.assertIsNone((yield service.directory.authenticate("admin", "service-secret")))
+        admin = yield service.directory.authenticate("admin", "a-new-secret")
+        self.assertEqual(admin.name, "admin")
         yield service.stopService()
+
+    def test_short_encryption_key_file(self):
+        """A truncated encryption key file is refused at start-up, never used."""
+        settings = node_settings(self)
+        os.makedirs(settings.db_path)
+        with open(os.path.join(settings.db_path, "encryption.key"), "w") as key_file:
+            key_file.write("")
+        service = NodeService(settings)
+        error = self.assertRaises(StartupError, service._prepare_data_folder)
+        self.assertIn("encryption key", str(error))
+
+    def test_encryption_key_generated_once(self):
+        """The generated key is kept, private to the owner, and read back the same."""
+        settings = node_settings(self)
+        first = NodeService(settings)
+        first._prepare_data_folder()
+        path = os.path.join(settings.db_path, "encryption.key")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        second = NodeService(settings)
+        second._prepare_data_folder()
+        self.assertEqual(first.encryption_key, second.encryption_key)
+        self.assertGreaterEqual(len(first.encryption_key), 32)
 
     @defer.inlineCallbacks
     def test_status(self):
@@ -286,6 +317,17 @@ class SessionAuthenticationTests(TestCase):
         response, body = yield self.get(basic("jane", "pässword"))
         self.assertEqual(response.code, 503)
         self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"5"])
+
+    @defer.inlineCallbacks
+    def test_failure_is_a_problem_document(self):
+        """A failure behind a route answers 500 with JSON, and is logged."""
+        self.directory.authenticate = lambda login, password: defer.fail(RuntimeError("boom"))
+        response, body = yield self.get(basic("jane", "pässword"))
+        self.assertEqual(response.code, 500)
+        self.assertIn(b"application/problem+json", response.headers.getRawHeaders(b"Content-Type")[0])
+        self.assertIn(b'"status":500', body)
+        self.assertNotIn(b"boom", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_parse_basic(self):
         """A password may contain colons; the login may not be empty."""

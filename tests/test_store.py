@@ -115,6 +115,27 @@ class WriteBatchEncodingTests(TestCase):
         """Values msgpack cannot carry exactly (a set, a dict) are refused."""
         self.assertRaises(InvalidBatch, WriteBatch().insert, "principals", name={"a"})
 
+    def test_integer_overflow(self):
+        """Integers beyond 64 bits are refused when built and when decoded."""
+        import msgpack
+
+        self.assertRaises(InvalidBatch, WriteBatch().insert, "principals", quota=2**63)
+        data = msgpack.packb(
+            {"v": 1, "ops": [], "changes": [[2**64 - 1, "Email", "x", "c"]], "blobs": [],
+             "expect": []}
+        )
+        self.assertRaises(InvalidBatch, WriteBatch.from_bytes, data)
+
+    def test_string_longer_than_column(self):
+        """A string longer than its column allows is refused before any database sees it."""
+        self.assertRaises(InvalidBatch, WriteBatch().insert, "principals", kind="x" * 17)
+
+    def test_object_id_types(self):
+        """Object ids are strings or integers; None or a mapping is refused."""
+        self.assertEqual(WriteBatch().log_change(1, "Email", 42, "created").changes[0][2], "42")
+        for bad in (None, {"a": 1}, "", "x" * 256, True):
+            self.assertRaises(InvalidBatch, WriteBatch().log_change, 1, "Email", bad, "created")
+
     def test_bad_change_kind(self):
         """A change kind other than created/updated/destroyed is refused."""
         self.assertRaises(InvalidBatch, WriteBatch().log_change, 1, "Email", "x", "moved")
@@ -178,10 +199,30 @@ class ApplyTests(StoreTestMixin, TestCase):
         batch = WriteBatch()
         batch.insert("principals", **principal_row(2, "bob"))
         batch.insert("principals", **principal_row(3, "alice"))
-        yield self.assertFailure(self.node.commit(batch), Exception)
+        batch.log_change(1, "Principal", "2", "created")
+        failure = yield self.assertFailure(self.node.commit(batch), InvalidBatch)
+        self.assertIn("UNIQUE", str(failure))
         names = [row["name"] for row in (yield self.read_all(schema.principals))]
         self.assertEqual(names, ["alice"])
-        self.assertEqual((yield self.store.applied_index()), 1)
+        self.assertEqual((yield self.store.read(changes.account_modseq, 1)), 0)
+        # Refusal is deterministic, so the entry is consumed like a conflict:
+        # every node that replays it moves past it the same way.
+        self.assertEqual((yield self.store.applied_index()), 2)
+
+    @defer.inlineCallbacks
+    def test_listener_failure_keeps_the_commit(self):
+        """A listener that raises does not turn a durable write into a failure."""
+        heard = []
+
+        def broken(result):
+            raise ValueError("listener bug")
+
+        self.node.add_listener(broken)
+        self.node.add_listener(heard.append)
+        result = yield self.node.commit(WriteBatch().log_change(2, "Email", "e", "created"))
+        self.assertTrue(result.applied)
+        self.assertEqual(len(heard), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     @defer.inlineCallbacks
     def test_next_batch_after_failure(self):
@@ -461,3 +502,53 @@ class GroupCommitTests(StoreTestMixin, TestCase):
         self.assertEqual(names, ["user1", "user2", "user4", "user5"])
         self.assertEqual((yield self.store.read(changes.account_modseq, 1)), 4)
         self.assertEqual((yield self.store.applied_index()), 5)
+
+
+class WriterRobustnessTests(StoreTestMixin, TestCase):
+    """
+    The writer thread answers every write, even when its connection fails.
+    """
+
+    @defer.inlineCallbacks
+    def test_connection_failure_fails_the_group_then_recovers(self):
+        """A writer connection that cannot open fails its writes; later writes succeed."""
+        original = Store._writer
+        calls = []
+
+        def failing_once(store):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("cannot open the database")
+            return original(store)
+
+        self.store._discard_writer()
+        self.patch(Store, "_writer", failing_once)
+        first = self.node.commit(WriteBatch().insert("principals", **principal_row(1, "a")))
+        yield self.assertFailure(first, OSError)
+        # The node's log says the group failed to commit.
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        result = yield self.node.commit(WriteBatch().insert("principals", **principal_row(2, "b")))
+        self.assertTrue(result.applied)
+        self.assertEqual([row["name"] for row in (yield self.read_all(schema.principals))], ["b"])
+
+
+class ReaderPoolTests(TestCase):
+    """
+    Every reader thread has a connection of its own.
+    """
+
+    @defer.inlineCallbacks
+    def test_all_readers_run_at_once(self):
+        """As many reads as reader threads run together, none waiting for a connection."""
+        readers = 20
+        store = Store(self.mktemp(), reader_threads=readers)
+        yield store.open()
+        self.addCleanup(store.close)
+        together = threading.Barrier(readers, timeout=20)
+
+        def meet(connection):
+            count_rows(connection, schema.principals)
+            return together.wait()
+
+        arrivals = yield defer.gatherResults([store.read(meet) for _ in range(readers)])
+        self.assertEqual(sorted(arrivals), list(range(readers)))

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import apply_batch
-from stalwart_tw.store.errors import BatchConflict
+from stalwart_tw.store.errors import BatchConflict, InvalidBatch
 
 
 class NodeStopping(Exception):
@@ -96,8 +96,14 @@ class LocalNode(Service):
     def _applied(self, result):
         if result.conflicts:
             raise BatchConflict(result.conflicts)
+        if result.rejected is not None:
+            raise InvalidBatch(result.rejected)
         for listener in list(self._listeners):
-            listener(result)
+            try:
+                listener(result)
+            except Exception:
+                # The batch is durable whatever a listener does with the news.
+                self.log.failure("a listener failed on batch {index}", index=result.index)
         return result
 
     def read_barrier(self):

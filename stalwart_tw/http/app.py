@@ -68,6 +68,16 @@ class JmapHttp:
             return None
         return await self._directory.authenticate(*credentials)
 
+    @app.handle_errors(Exception)
+    def server_error(self, request, failure):
+        # One place turns any failure into a problem document a client can read.
+        self.log.failure("{method} {path} failed", failure,
+                         method=request.method.decode("ascii", "replace"),
+                         path=request.path.decode("ascii", "replace"))
+        return problem(
+            request, 500, "Internal Server Error", "The server failed to process the request."
+        )
+
     @app.route("/.well-known/jmap", methods=["GET"])
     async def session(self, request):
         if not self._is_ready():

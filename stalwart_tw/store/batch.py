@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import msgpack
 from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy.exc import DataError, IntegrityError
 
 from stalwart_tw.store import schema
 from stalwart_tw.store.engine import APPLIED_INDEX, read_applied_index
@@ -37,6 +38,8 @@ INSERT, UPDATE, DELETE = "i", "u", "d"
 
 # The values a batch may carry: what msgpack round-trips exactly.
 _SCALARS = (type(None), bool, int, float, str, bytes)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # Tables that only apply() itself writes; a batch may not name them.
 _RESERVED_TABLES = {"node_state", "account_state", "type_state", "changelog", "blobs"}
@@ -59,12 +62,36 @@ def _check_row(table, row, what):
             raise InvalidBatch(
                 f"column {table.name}.{column} cannot carry a {type(value).__name__}"
             )
+        _check_fits(table, column, value)
+
+
+def _check_fits(table, column, value):
+    # Refused here, a value never reaches a database that would truncate it
+    # (SQLite) or refuse it at apply time (PostgreSQL).
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidBatch(f"column {table.name}.{column}: {value} overflows 64 bits")
+    length = getattr(table.c[column].type, "length", None)
+    if isinstance(value, str) and length is not None and len(value) > length:
+        raise InvalidBatch(
+            f"column {table.name}.{column} holds at most {length} characters, not {len(value)}"
+        )
 
 
 def _check_int(value, what):
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidBatch(f"{what} must be an integer, not {value!r}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidBatch(f"{what} {value} overflows 64 bits")
     return value
+
+
+def _check_object_id(object_id):
+    if isinstance(object_id, int) and not isinstance(object_id, bool):
+        object_id = str(object_id)
+    if not isinstance(object_id, str) or not 0 < len(object_id) <= 255:
+        raise InvalidBatch(f"an object id must be a string of 1 to 255 characters, not {object_id!r}")
+    return object_id
 
 
 def _check_str(value, what):
@@ -146,7 +173,7 @@ class WriteBatch:
             (
                 _check_int(account_id, "an account id"),
                 _check_str(type_name, "a type name"),
-                _check_str(str(object_id), "an object id"),
+                _check_object_id(object_id),
                 CHANGE_KINDS[kind],
             )
         )
@@ -168,6 +195,8 @@ class WriteBatch:
 
     def _add_reference(self, blob_hash, delta, size):
         _check_str(blob_hash, "a blob hash")
+        if len(blob_hash) > 64:
+            raise InvalidBatch(f"not a blob hash: {blob_hash!r}")
         entry = self.blob_references.setdefault(blob_hash, [0, None])
         entry[0] += delta
         if size is not None:
@@ -248,6 +277,8 @@ class ApplyResult:
     @ivar conflicts: accounts whose modseq had moved; when not empty, nothing
         of the batch was applied.
     @ivar duplicate: the index had been applied before; nothing was done.
+    @ivar rejected: why the data refused the batch (a broken constraint, a
+        reference it does not hold); when set, nothing of it was applied.
     @ivar modseqs: account id -> its new modseq.
     @ivar type_states: account id -> {type name -> new modseq} for the types
         the batch changed, what the state-change bus publishes.
@@ -256,12 +287,13 @@ class ApplyResult:
     index: int
     conflicts: tuple = ()
     duplicate: bool = False
+    rejected: str = None
     modseqs: dict = field(default_factory=dict)
     type_states: dict = field(default_factory=dict)
 
     @property
     def applied(self):
-        return not self.conflicts and not self.duplicate
+        return not self.conflicts and not self.duplicate and self.rejected is None
 
 
 # Apply runs on every node for every entry, so its statements are built once
@@ -391,12 +423,16 @@ def apply_batch(connection, batch, index):
     """
     Apply C{batch} as the entry at C{index}, inside the caller's transaction.
 
-    An index at or below the applied index is a replay and changes nothing.
-    A batch built on stale state changes nothing but the applied index.
+    Applying is total, so every node reaches the same result from the same
+    entry: an index at or below the applied index is a replay and changes
+    nothing; a batch built on stale state, or one the data refuses (a
+    constraint, a reference it does not hold), changes nothing but the
+    applied index and says why in the result.
 
     @return: an L{ApplyResult}.
-    @raise InvalidBatch: the batch cannot apply (it releases references it
-        does not hold); the caller's transaction must roll back.
+    @raise Exception: only what depends on this node (a full disk, an I/O
+        error): the caller's transaction must roll back, and the applied
+        index has not moved.
     """
     if index <= read_applied_index(connection):
         return ApplyResult(index=index, duplicate=True)
@@ -408,11 +444,30 @@ def apply_batch(connection, batch, index):
         if current[account_id] != modseq
     )
     if stale:
-        _set_applied_index(connection, index)
-        return ApplyResult(index=index, conflicts=stale)
+        result = ApplyResult(index=index, conflicts=stale)
+    else:
+        try:
+            with connection.begin_nested():
+                result = _apply_changes(connection, batch, index, current)
+        except _REFUSED_BY_DATA as error:
+            result = ApplyResult(index=index, rejected=_describe(error))
+    _set_applied_index(connection, index)
+    return result
+
+
+def _apply_changes(connection, batch, index, current):
     for op in batch.operations:
         _run_operation(connection, op)
     _apply_blob_references(connection, batch.blob_references)
     modseqs, type_states = _log_changes(connection, batch, current)
-    _set_applied_index(connection, index)
     return ApplyResult(index=index, modseqs=modseqs, type_states=type_states)
+
+
+# Errors that any node applying the same batch to the same data meets alike.
+_REFUSED_BY_DATA = (InvalidBatch, IntegrityError, DataError)
+
+
+def _describe(error):
+    if isinstance(error, InvalidBatch):
+        return str(error)
+    return str(getattr(error, "orig", error)).splitlines()[0]

@@ -712,6 +712,14 @@ class Directory:
         self._cache_generation = 0
         # Random per process, so cached digests are useless outside it.
         self._cache_key = secrets.token_bytes(32)
+        # Principal changes reach this node by other paths than this
+        # object's writes (other nodes, later); any of them drops the cache.
+        node.add_listener(self._on_applied)
+
+    def _on_applied(self, result):
+        if CHANGE_TYPE in result.type_states.get(DIRECTORY_ACCOUNT, {}):
+            self._cache_generation += 1
+            self._verified = {}
 
     # Reading.
 
@@ -955,6 +963,11 @@ class Directory:
         @return: a Deferred firing with C{(principal, generated password or
             None)}.
         """
+        if self._dummy_hash is None:
+            # Made now so that the first unknown login costs what others do.
+            self._dummy_hash = yield self._in_thread(
+                self._hasher.hash, secrets.token_urlsafe(16)
+            )
         admin = yield self.get(ADMIN_NAME)
         if admin is None:
             generated = secrets.token_urlsafe(18) if secret is None else None

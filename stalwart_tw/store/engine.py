@@ -16,6 +16,7 @@ import threading
 from collections import deque
 
 from sqlalchemy import create_engine, event, select
+from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -23,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
+from stalwart_tw.store.errors import StoreError
 
 DATABASE_FILE = "stalwart.sqlite3"
 APPLIED_INDEX = "applied_index"
@@ -52,13 +54,16 @@ def _begin(connection):
         connection.exec_driver_sql("BEGIN")
 
 
-def make_engine(database_path):
+def make_engine(database_path, reader_threads=4):
     """
-    Create the SQLAlchemy engine for the SQLite file at C{database_path}.
+    Create the SQLAlchemy engine for the SQLite file at C{database_path},
+    with a connection for each reader thread and one for the writer.
     """
     engine = create_engine(
         f"sqlite:///{database_path}",
         connect_args={"check_same_thread": False},
+        pool_size=reader_threads + 1,
+        max_overflow=0,
     )
     event.listen(engine, "connect", _configure_connection)
     event.listen(engine, "begin", _begin)
@@ -101,12 +106,20 @@ class Store:
         @return: a Deferred that fires when the database is ready.
         """
         os.makedirs(self.path, exist_ok=True)
-        self._engine = make_engine(self.database_path)
+        self._engine = make_engine(self.database_path, self._reader_threads)
         self._writer_pool = ThreadPool(1, 1, name="store-writer")
         self._reader_pool = ThreadPool(1, self._reader_threads, name="store-reader")
         self._writer_pool.start()
         self._reader_pool.start()
         return self.write(lambda connection: schema.metadata.create_all(connection))
+
+    def _discard_writer(self):
+        connection, self._writer_connection = self._writer_connection, None
+        if connection is not None:
+            try:
+                connection.invalidate()
+            except Exception:
+                pass
 
     def _writer(self):
         # Only ever called on the writer thread.
@@ -116,7 +129,8 @@ class Store:
         return self._writer_connection
 
     def _drain_writes(self):
-        # Runs on the writer thread until the queue is empty.
+        # Runs on the writer thread until the queue is empty. Every write
+        # taken from the queue gets an outcome, whatever goes wrong.
         while True:
             with self._queue_lock:
                 group = []
@@ -125,7 +139,10 @@ class Store:
                 if not group:
                     self._draining = False
                     return
-            outcomes = self._run_group(group)
+            try:
+                outcomes = self._run_group(group)
+            except BaseException:
+                outcomes = [(False, Failure())] * len(group)
             self._reactor.callFromThread(_deliver, group, outcomes)
 
     def _run_group(self, group):
@@ -134,9 +151,9 @@ class Store:
         one that raises is rolled back alone, and one commit (one fsync)
         makes all the others durable together.
         """
-        connection = self._writer()
         outcomes = []
         try:
+            connection = self._writer()
             with connection.begin():
                 for function, args, kwargs, _ in group:
                     try:
@@ -145,8 +162,10 @@ class Store:
                     except Exception:
                         outcomes.append((False, Failure()))
         except Exception:
-            # The commit itself failed: nothing of the group is durable.
+            # The connection or the commit failed: nothing of the group is
+            # durable. Reconnect for the next group.
             failure = Failure()
+            self._discard_writer()
             self.log.failure("a group of {count} writes failed to commit", failure,
                              count=len(group))
             outcomes = [(False, failure)] * len(group)
@@ -248,6 +267,31 @@ class Store:
             except OSError:
                 pass
         return total
+
+
+def check_database(path):
+    """
+    Open the database in folder C{path} once, creating the folder and the
+    tables if needed, before the reactor runs: a file that is not a
+    database, or that cannot be written, is reported at start-up.
+
+    @raise StoreError: with one line naming the file and the cause.
+    """
+    database_path = os.path.join(path, DATABASE_FILE)
+    try:
+        os.makedirs(path, exist_ok=True)
+        engine = make_engine(database_path, 0)
+        try:
+            with engine.connect() as connection:
+                connection.info["writer"] = True
+                with connection.begin():
+                    schema.metadata.create_all(connection)
+                    read_applied_index(connection)
+        finally:
+            engine.dispose()
+    except (OSError, SQLAlchemyError) as error:
+        cause = getattr(error, "orig", None) or error
+        raise StoreError(f"cannot open database {database_path!r}: {cause}") from None
 
 
 def _deliver(group, outcomes):
