@@ -26,7 +26,7 @@ from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 
 from stalwart_tw.store import schema
-from stalwart_tw.store.engine import APPLIED_INDEX, read_applied_index
+from stalwart_tw.store.engine import APPLIED_INDEX, read_applied_index, savepoint
 from stalwart_tw.store.errors import InvalidBatch
 
 FORMAT_VERSION = 1
@@ -447,7 +447,7 @@ def apply_batch(connection, batch, index):
         result = ApplyResult(index=index, conflicts=stale)
     else:
         try:
-            with connection.begin_nested():
+            with savepoint(connection, "apply_batch"):
                 result = _apply_changes(connection, batch, index, current)
         except _REFUSED_BY_DATA as error:
             result = ApplyResult(index=index, rejected=_describe(error))

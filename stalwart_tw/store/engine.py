@@ -14,6 +14,7 @@ rest of store/ stays portable to a PostgreSQL-speaking database.
 import os
 import threading
 from collections import deque
+from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,6 +53,24 @@ def _begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         connection.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def savepoint(connection, name):
+    """
+    Run a block inside a savepoint: undone alone if it raises, kept
+    otherwise. Plain SQL (standard, PostgreSQL speaks it too) because
+    SQLAlchemy compiles its savepoint statements anew on every use, which
+    costs more than applying a small batch.
+    """
+    connection.exec_driver_sql(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+        connection.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+        raise
+    connection.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
 
 
 def make_engine(database_path, reader_threads=4):
@@ -157,7 +176,7 @@ class Store:
             with connection.begin():
                 for function, args, kwargs, _ in group:
                     try:
-                        with connection.begin_nested():
+                        with savepoint(connection, "queued_write"):
                             outcomes.append((True, function(connection, *args, **kwargs)))
                     except Exception:
                         outcomes.append((False, Failure()))
