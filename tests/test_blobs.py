@@ -15,13 +15,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from stalwart_tw.cluster.node import LocalNode
 from stalwart_tw.store import blobs as blobs_module
 from stalwart_tw.store import schema
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.blobs import BlobStore, purge_interval
-from stalwart_tw.store.engine import Store
 from stalwart_tw.store.errors import BlobMissing
+from tests.support import open_store_and_node
 
 TTL = 3600
 
@@ -59,10 +58,7 @@ class _BlobFixture:
     @inlineCallbacks
     def setUp(self):
         self.path = os.path.abspath(self.mktemp())
-        self.store = Store(self.path)
-        yield self.store.open()
-        self.node = LocalNode(self.store)
-        yield self.node.startService()
+        self.store, self.node = yield open_store_and_node(self, self.path)
         self.clock = task.Clock()
         self.root = os.path.join(self.path, "blobs")
         self.blobs = self.make_blob_store()
@@ -73,8 +69,6 @@ class _BlobFixture:
     def tearDown(self):
         if self.blobs.running:
             yield self.blobs.stopService()
-        yield self.node.stopService()
-        yield self.store.close()
 
     def make_blob_store(self, nested_levels=None, root=None, **kwargs):
         return BlobStore(

@@ -9,7 +9,6 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from stalwart_tw.cluster.node import LocalNode
 from stalwart_tw.store import schema
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.changes import account_modseq
@@ -22,9 +21,9 @@ from stalwart_tw.store.directory import (
     PrincipalExists,
     PrincipalNotFound,
 )
-from stalwart_tw.store.engine import Store
 from stalwart_tw.store.errors import BatchConflict
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
+from tests.support import open_store_and_node
 
 
 class CountingHasher(PasswordHasher):
@@ -81,18 +80,10 @@ class DirectoryTestCase(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.store = Store(self.mktemp())
-        yield self.store.open()
-        self.node = LocalNode(self.store)
-        yield self.node.startService()
+        self.store, self.node = yield open_store_and_node(self)
         self.clock = task.Clock()
         self.hasher = CountingHasher()
         self.directory = self.make_directory(self.node)
-
-    @inlineCallbacks
-    def tearDown(self):
-        yield self.node.stopService()
-        yield self.store.close()
 
     def make_directory(self, node):
         return Directory(self.store, node, clock=self.clock, password_hasher=self.hasher)

@@ -9,7 +9,6 @@ Logins and helpers finish on threads, so the tests wait on the Deferreds
 the checker and the interpreter record, never on time.
 """
 
-from argon2 import PasswordHasher
 from twisted.conch.telnet import DO, DONT, ECHO, IAC
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import task
@@ -20,9 +19,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from stalwart_tw.admin.manhole import BANNER, Text, manhole_factory, render
-from stalwart_tw.cluster.node import LocalNode
 from stalwart_tw.store.directory import Directory, Principal
-from stalwart_tw.store.engine import Store
+from tests.support import cheap_hasher, open_store_and_node
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40123)
 ADMIN_PASSWORD = "admin-secret"
@@ -81,23 +79,15 @@ class ManholeTestCase(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.store = Store(self.mktemp())
-        yield self.store.open()
-        self.node = LocalNode(self.store)
-        yield self.node.startService()
+        self.store, self.node = yield open_store_and_node(self)
         self.directory = Directory(
-            self.store, self.node, clock=task.Clock(),
-            password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
+            self.store, self.node, clock=task.Clock(), password_hasher=cheap_hasher()
         )
         yield self.directory.ensure_admin(ADMIN_PASSWORD)
         self.status = {"data_path": "/srv/stalwart", "database_bytes": 4096,
                        "blob_bytes": 0, "uptime_seconds": 12, "applied_index": 3}
         self.factory = manhole_factory(self.directory, lambda: self.status)
 
-    @inlineCallbacks
-    def tearDown(self):
-        yield self.node.stopService()
-        yield self.store.close()
 
     @inlineCallbacks
     def logged_in(self):

@@ -5,7 +5,6 @@ spoken to over HTTP and telnet, and stopped with SIGTERM.
 
 import os
 import re
-import signal
 import socket
 import sys
 from base64 import b64encode

@@ -8,7 +8,6 @@ import os
 from base64 import b64encode
 
 import trustme
-from argon2 import PasswordHasher
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
@@ -23,9 +22,7 @@ from stalwart_tw.auth.basic import parse_basic
 from stalwart_tw.config import SETTINGS, load_settings
 from stalwart_tw.http.app import JmapHttp
 from stalwart_tw.service import NodeService, Options, StartupError, tls_options
-from stalwart_tw.store import schema
-
-CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+from tests.support import cheap_hasher
 
 
 def basic(login, password):
@@ -66,7 +63,7 @@ class NodeServiceTests(TestCase):
     def start(self, settings):
         service = NodeService(settings)
         # Argon2 at production cost makes the suite slow and proves nothing more.
-        service.directory._hasher = CHEAP_HASHER
+        service.directory._hasher = cheap_hasher()
         service.privilegedStartService()
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)

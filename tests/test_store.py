@@ -14,6 +14,7 @@ from stalwart_tw.store import changes, schema
 from stalwart_tw.store.batch import WriteBatch, apply_batch
 from stalwart_tw.store.engine import Store
 from stalwart_tw.store.errors import BatchConflict, InvalidBatch
+from tests.support import open_store_and_node
 
 
 def principal_row(principal_id, name):
@@ -31,15 +32,7 @@ class StoreTestMixin:
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.store = Store(self.mktemp(), reader_threads=2)
-        yield self.store.open()
-        self.node = LocalNode(self.store)
-        yield self.node.startService()
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        yield self.node.stopService()
-        yield self.store.close()
+        self.store, self.node = yield open_store_and_node(self, reader_threads=2)
 
     def read_all(self, table):
         def read(connection):

@@ -10,8 +10,9 @@ one that commits through Raft before applying.
 """
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import DeferredLock, fail, succeed
 
+from stalwart_tw.inflight import InFlight
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import apply_batch
 from stalwart_tw.store.errors import BatchConflict, InvalidBatch
@@ -38,8 +39,7 @@ class LocalNode(Service):
         self._locks = {}
         self._listeners = []
         # Serialised operations accepted and not finished; stop waits for them.
-        self._operations = 0
-        self._idle_waiters = []
+        self._operations = InFlight()
         self._stopping = False
 
     def startService(self):
@@ -55,22 +55,7 @@ class LocalNode(Service):
         # Operations already accepted (some still waiting for their lock)
         # and the batches they hand to the writer finish before the store
         # closes.
-        return self._idle().addCallback(lambda _: self._store.drained())
-
-    def _idle(self):
-        if self._operations == 0:
-            return succeed(None)
-        waiter = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def _operation_done(self, passthrough):
-        self._operations -= 1
-        if self._operations == 0:
-            waiting, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiting:
-                waiter.callback(None)
-        return passthrough
+        return self._operations.idle().addCallback(lambda _: self._store.drained())
 
     @property
     def applied_index(self):
@@ -131,7 +116,6 @@ class LocalNode(Service):
         """
         if self._stopping:
             return fail(NodeStopping("the node is shutting down"))
-        self._operations += 1
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = DeferredLock()
@@ -142,4 +126,4 @@ class LocalNode(Service):
                 self._locks.pop(key, None)
             return passthrough
 
-        return result.addBoth(forget).addBoth(self._operation_done)
+        return self._operations.track(result.addBoth(forget))

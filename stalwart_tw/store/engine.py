@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from stalwart_tw.inflight import InFlight
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 from stalwart_tw.store.errors import StoreError
@@ -110,8 +111,7 @@ class Store:
         self._writer_pool = None
         self._reader_pool = None
         self._writer_connection = None
-        self._pending_writes = 0
-        self._drained = []
+        self._pending_writes = InFlight()
         # Writes waiting for the writer thread; the lock also guards
         # _draining, true while the writer thread is emptying the queue.
         self._write_queue = deque()
@@ -206,23 +206,13 @@ class Store:
         """
         if self._writer_pool is None:
             raise RuntimeError("the store is not open")
-        self._pending_writes += 1
         result = Deferred()
         with self._queue_lock:
             self._write_queue.append((function, args, kwargs, result))
             start, self._draining = not self._draining, True
         if start:
             self._writer_pool.callInThread(self._drain_writes)
-        result.addBoth(self._write_done)
-        return result
-
-    def _write_done(self, result):
-        self._pending_writes -= 1
-        if self._pending_writes == 0:
-            waiting, self._drained = self._drained, []
-            for waiter in waiting:
-                waiter.callback(None)
-        return result
+        return self._pending_writes.track(result)
 
     def read(self, function, *args, **kwargs):
         """
@@ -248,11 +238,7 @@ class Store:
         @return: a Deferred that fires once every write submitted so far has
             finished.
         """
-        if self._pending_writes == 0:
-            return succeed(None)
-        waiter = Deferred()
-        self._drained.append(waiter)
-        return waiter
+        return self._pending_writes.idle()
 
     def close(self):
         """

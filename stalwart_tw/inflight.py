@@ -1,0 +1,43 @@
+"""
+Counting work under way, so that a shutdown can wait for it to finish.
+"""
+
+from twisted.internet.defer import Deferred, succeed
+
+
+class InFlight:
+    """
+    A count of operations started and not yet finished, with Deferreds that
+    fire when it drops to zero. Used on the reactor thread only.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self._waiters = []
+
+    def track(self, operation):
+        """
+        Count C{operation} (a Deferred) until it fires.
+
+        @return: C{operation}, whose result passes through unchanged.
+        """
+        self.count += 1
+        return operation.addBoth(self._finished)
+
+    def _finished(self, passthrough):
+        self.count -= 1
+        if self.count == 0:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return passthrough
+
+    def idle(self):
+        """
+        @return: a Deferred that fires once nothing counted is under way.
+        """
+        if self.count == 0:
+            return succeed(None)
+        waiter = Deferred()
+        self._waiters.append(waiter)
+        return waiter
