@@ -206,7 +206,13 @@ class NodeService(Service):
             hash_threadpool=self.workers,
             reactor=self._reactor,
         )
-        self.http = JmapHttp(self.directory, settings, lambda: self.ready)
+        self.http = JmapHttp(
+            self.directory,
+            settings,
+            lambda: self.ready,
+            threadpool=self.workers,
+            reactor=self._reactor,
+        )
 
     # Before the reactor runs.
 

@@ -259,8 +259,10 @@ class FakeDirectory:
 
 
 class Principal:
-    def __init__(self, name):
+    def __init__(self, name, principal_id=7, email=None):
         self.name = name
+        self.id = principal_id
+        self.email = email
 
 
 class SessionAuthenticationTests(TestCase):

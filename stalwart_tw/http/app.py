@@ -1,19 +1,30 @@
 """
 The node's web server: a Klein app bound to the node's services.
 
-At this stage it serves the Session URL's authentication: without valid
-credentials the client gets 401 and the Basic challenge; with them, a
-Session document naming the user. The JMAP Core capability fills the Session
-in; errors are RFC 7807 problem documents in JSON throughout.
+Routes: the Session resource (at /.well-known/jmap and /jmap/session) and
+the API endpoint (POST /jmap/). Every route but the Session's challenge
+needs HTTP Basic credentials; errors are RFC 7807 problem documents in JSON
+throughout, JMAP's request-level problem types where they apply.
+
+Request bodies of up to L{INLINE_PARSE_LIMIT} bytes are decoded on the
+reactor thread (quicker than a thread hop); larger ones on the worker pool,
+so a big request never stalls other clients.
 """
 
 import orjson
 from klein import Klein
+from twisted.internet.threads import deferToThreadPool
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
+from stalwart_tw.jmap.core import register_core
+from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
+from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
+from stalwart_tw.jmap.request import parse_request
+from stalwart_tw.jmap.session import session_document
 from stalwart_tw.logs import Logger
 
 PROBLEM_TYPE = "application/problem+json"
+INLINE_PARSE_LIMIT = 64 * 1024
 
 
 def problem(request, status, title, detail, problem_type="about:blank"):
@@ -25,6 +36,15 @@ def problem(request, status, title, detail, problem_type="about:blank"):
     return orjson.dumps(
         {"type": problem_type, "status": status, "title": title, "detail": detail}
     )
+
+
+def jmap_problem(request, error):
+    """
+    Answer with the problem document of a request-level JMAP error.
+    """
+    request.setResponseCode(error.status)
+    request.setHeader(b"Content-Type", PROBLEM_TYPE.encode())
+    return orjson.dumps(error.problem())
 
 
 def json_response(request, document):
@@ -46,10 +66,16 @@ class JmapHttp:
     app = Klein()
     log = Logger()
 
-    def __init__(self, directory, settings, is_ready):
+    def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
         self._directory = directory
         self._settings = settings
         self._is_ready = is_ready
+        self._threadpool = threadpool
+        self.methods = MethodRegistry()
+        register_core(self.methods)
 
     def resource(self):
         return self.app.resource()
@@ -79,13 +105,44 @@ class JmapHttp:
         )
 
     @app.route("/.well-known/jmap", methods=["GET"])
+    @app.route("/jmap/session", methods=["GET"])
     async def session(self, request):
         if not self._is_ready():
             return self._unavailable(request)
         principal = await self._authenticate(request)
         if principal is None:
             return self._challenge(request)
-        return json_response(
-            request,
-            {"username": principal.name, "apiUrl": f"{self._settings.jmap_url}/jmap/"},
-        )
+        return json_response(request, session_document(self._settings, principal))
+
+    @app.route("/jmap", methods=["POST"])
+    @app.route("/jmap/", methods=["POST"])
+    async def api(self, request):
+        if not self._is_ready():
+            return self._unavailable(request)
+        principal = await self._authenticate(request)
+        if principal is None:
+            return self._challenge(request)
+        try:
+            parsed = await self._parse(request)
+        except RequestError as error:
+            return jmap_problem(request, error)
+        state = session_document(self._settings, principal)["state"]
+        response = await run_request(self.methods, parsed, principal, state)
+        return json_response(request, response)
+
+    async def _parse(self, request):
+        content_type = (request.getHeader(b"Content-Type") or b"application/json").lower()
+        if content_type.split(b";")[0].strip() != b"application/json":
+            raise RequestError(NOT_JSON, "the request's Content-Type is not application/json")
+        body = request.content.read()
+        limit = self._settings.max_size_request
+        if len(body) > limit:
+            raise RequestError(
+                LIMIT,
+                f"the request is {len(body)} bytes; the server takes at most {limit}",
+                limit="maxSizeRequest",
+            )
+        arguments = (body, self.methods.capabilities(), self._settings.max_calls_in_request)
+        if len(body) <= INLINE_PARSE_LIMIT or self._threadpool is None:
+            return parse_request(*arguments)
+        return await deferToThreadPool(self._reactor, self._threadpool, parse_request, *arguments)

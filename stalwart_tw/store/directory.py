@@ -2,6 +2,10 @@
 The directory: principals (individuals, groups, lists, domains), their
 addresses, memberships and secrets.
 
+The L{Directory} reads principals, hashes and verifies secrets, and commits
+writes; the rules and the building of each write's batch are in
+L{stalwart_tw.store.principal_changes}.
+
 Design choices:
 
  - The directory is account 0 (L{schema.DIRECTORY_ACCOUNT}). Every write
@@ -44,79 +48,51 @@ Design choices:
    a verification that was in flight during the change from being cached.
 """
 
-import re
 import secrets
-import zoneinfo
 from dataclasses import dataclass, replace
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from blake3 import blake3
-from sqlalchemy import func, select, true
+from sqlalchemy import select, true
 from twisted.internet.defer import fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
-from stalwart_tw.store.batch import WriteBatch
-from stalwart_tw.store.changes import account_modseq
 from stalwart_tw.store.errors import BatchConflict
+from stalwart_tw.store.principal_changes import (
+    CHANGE_TYPE,
+    DOMAIN,
+    GROUP,
+    INDIVIDUAL,
+    KINDS,
+    LIST,
+    AddressInUse,
+    DirectoryError,
+    InvalidPrincipal,
+    PrincipalExists,
+    PrincipalNotFound,
+    _build_add_alias,
+    _build_add_member,
+    _build_create,
+    _build_delete,
+    _build_remove_alias,
+    _build_remove_member,
+    _build_update,
+    _check_address,
+    _check_changes,
+    _check_kind,
+    _lookup_name,
+    _new_principal,
+    _plan,
+)
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
-INDIVIDUAL, GROUP, LIST, DOMAIN = "individual", "group", "list", "domain"
-KINDS = (INDIVIDUAL, GROUP, LIST, DOMAIN)
-
-# Which kinds of principal each kind may hold as members.
-MEMBER_KINDS = {GROUP: (INDIVIDUAL, GROUP), LIST: (INDIVIDUAL, GROUP)}
-
 ADMIN_NAME = "admin"
-CHANGE_TYPE = "Principal"
-
-NAME_MAX = 255
-ADDRESS_MAX = 320
-LOCAL_PART_MAX = 64
-DOMAIN_MAX = 253
-QUOTA_MAX = 2**63 - 1
 
 CACHE_SECONDS = 60
 CACHE_MAX_ENTRIES = 10_000
-
-# Fields that update() may change.
-UPDATABLE = ("name", "secret", "description", "email", "quota", "timezone")
-
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
-
-
-class DirectoryError(ValueError):
-    """
-    A directory request that cannot be done; the message says what and
-    which value.
-    """
-
-
-class PrincipalExists(DirectoryError):
-    """
-    A principal with that name already exists.
-    """
-
-
-class PrincipalNotFound(DirectoryError):
-    """
-    No principal has that name.
-    """
-
-
-class AddressInUse(DirectoryError):
-    """
-    An address already belongs to a principal, or a domain still has
-    addresses.
-    """
-
-
-class InvalidPrincipal(DirectoryError):
-    """
-    A value or a combination that the directory does not accept.
-    """
 
 
 @dataclass(frozen=True)
@@ -140,170 +116,6 @@ class Principal:
     quota: int = 0
     timezone: str = None
     created_at: int = 0
-
-
-# Validation that needs no data.
-
-
-def _check_kind(kind):
-    if kind not in KINDS:
-        raise InvalidPrincipal(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
-    return kind
-
-
-def _lookup_name(name):
-    if not isinstance(name, str):
-        raise InvalidPrincipal(f"a principal name must be a string, not {name!r}")
-    return name.lower()
-
-
-def _check_name(kind, name):
-    name = _lookup_name(name)
-    if not name:
-        raise InvalidPrincipal("a principal name cannot be empty")
-    if len(name) > NAME_MAX:
-        raise InvalidPrincipal(f"name {name[:40]!r}... is longer than {NAME_MAX} characters")
-    if any(char.isspace() or not char.isprintable() for char in name):
-        raise InvalidPrincipal(f"name {name!r} contains whitespace or control characters")
-    if kind == DOMAIN:
-        _check_domain_name(name)
-    return name
-
-
-def _check_domain_name(name):
-    labels = name.split(".")
-    # An all-digit last label would make an IP address look like a domain.
-    if (
-        len(name) > DOMAIN_MAX
-        or not all(_DNS_LABEL.match(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
-        raise InvalidPrincipal(
-            f"{name!r} is not a domain name (dot-separated labels of letters, digits "
-            "and inner hyphens; write international names in their xn-- form)"
-        )
-
-
-def _check_address(address):
-    """
-    @return: (the address lower-cased, its domain).
-    """
-    if not isinstance(address, str):
-        raise InvalidPrincipal(f"an e-mail address must be a string, not {address!r}")
-    address = address.lower()
-    local, at, domain = address.rpartition("@")
-    if (
-        not at
-        or not local
-        or not domain
-        or "@" in local
-        or len(local) > LOCAL_PART_MAX
-        or len(address) > ADDRESS_MAX
-        or any(char.isspace() or not char.isprintable() for char in address)
-    ):
-        raise InvalidPrincipal(f"{address!r} is not an e-mail address of the form local@domain")
-    return address, domain
-
-
-def _check_quota(quota):
-    if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota <= QUOTA_MAX:
-        raise InvalidPrincipal(f"quota {quota!r} must be a whole number of bytes >= 0")
-    return quota
-
-
-def _check_timezone(timezone):
-    if timezone is None:
-        return None
-    try:
-        zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidPrincipal(f"unknown time zone {timezone!r}") from None
-    return timezone
-
-
-def _check_description(description):
-    if description is not None and not isinstance(description, str):
-        raise InvalidPrincipal(f"a description must be a string, not {description!r}")
-    return description
-
-
-def _check_secret(secret):
-    if secret is not None and (not isinstance(secret, str) or not secret):
-        raise InvalidPrincipal("a secret must be a non-empty string")
-    return secret
-
-
-def _as_tuple(values):
-    # A lone string is one item, not a sequence of characters.
-    return (values,) if isinstance(values, str) else tuple(values)
-
-
-@dataclass(frozen=True)
-class _NewPrincipal:
-    """
-    A validated create request, with the secret already hashed.
-    """
-
-    kind: str
-    name: str
-    secret_hash: str
-    description: str
-    email: str
-    aliases: tuple
-    members: tuple
-    quota: int
-    timezone: str
-    created_at: int
-
-
-def _new_principal(kind, name, secret, description, email, aliases, members, quota, timezone):
-    """
-    Validate a create request; the secret and time are filled in later.
-    """
-    _check_kind(kind)
-    name = _check_name(kind, name)
-    if secret is not None and kind != INDIVIDUAL:
-        raise InvalidPrincipal(f"{name!r}: only individuals have a secret, not a {kind}")
-    _check_secret(secret)
-    aliases = tuple(_check_address(alias)[0] for alias in _as_tuple(aliases))
-    if email is not None:
-        email = _check_address(email)[0]
-    if kind == DOMAIN and (email is not None or aliases):
-        raise InvalidPrincipal(f"domain {name!r} cannot have e-mail addresses")
-    addresses = ([email] if email else []) + list(aliases)
-    repeated = sorted({a for a in addresses if addresses.count(a) > 1})
-    if repeated:
-        raise InvalidPrincipal(f"address {repeated[0]} is given more than once")
-    members = tuple(_lookup_name(member) for member in _as_tuple(members))
-    if members and kind not in MEMBER_KINDS:
-        raise InvalidPrincipal(f"{name!r} is a {kind}; only groups and lists have members")
-    return _NewPrincipal(
-        kind=kind, name=name, secret_hash=None, description=_check_description(description),
-        email=email, aliases=aliases, members=members, quota=_check_quota(quota),
-        timezone=_check_timezone(timezone), created_at=0,
-    )
-
-
-def _check_changes(changes):
-    unknown = sorted(set(changes) - set(UPDATABLE))
-    if unknown:
-        raise InvalidPrincipal(
-            f"cannot update {unknown[0]!r}; updatable: {', '.join(UPDATABLE)}"
-        )
-    if not changes:
-        raise InvalidPrincipal("an update needs at least one change")
-    checked = dict(changes)
-    for field, check in (
-        ("secret", _check_secret),
-        ("description", _check_description),
-        ("quota", _check_quota),
-        ("timezone", _check_timezone),
-    ):
-        if field in checked:
-            checked[field] = check(checked[field])
-    if checked.get("email") is not None:
-        checked["email"] = _check_address(checked["email"])[0]
-    return checked
 
 
 # Reading; these run on the store's reader threads.
@@ -385,296 +197,6 @@ def _load_credentials(connection, login):
         return None, None
     secret = connection.execute(select(p.c.secret).where(p.c.id == principal.id)).scalar()
     return (principal, secret) if secret else (None, None)
-
-
-def _require(connection, name):
-    p = schema.principals
-    row = connection.execute(select(p.c.id, p.c.kind, p.c.name).where(p.c.name == name)).first()
-    if row is None:
-        raise PrincipalNotFound(f"no principal named {name!r}")
-    return row
-
-
-def _owner_of(connection, address):
-    """
-    @return: C{(principal id, principal name, is_alias)} or None.
-    """
-    e, p = schema.principal_emails, schema.principals
-    return connection.execute(
-        select(e.c.principal_id, p.c.name, e.c.is_alias)
-        .join(p, p.c.id == e.c.principal_id)
-        .where(e.c.address == address)
-    ).first()
-
-
-def _addresses_in_domain(connection, domain):
-    e = schema.principal_emails
-    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return connection.execute(
-        select(e.c.address).where(e.c.address.like(pattern, escape="\\")).order_by(e.c.address)
-    ).scalars().all()
-
-
-def _check_address_free(connection, address, principal_id, name):
-    """
-    Refuse an address whose domain is not ours or that is already used.
-    """
-    domain = address.rpartition("@")[2]
-    p = schema.principals
-    is_domain = connection.execute(
-        select(p.c.id).where((p.c.name == domain) & (p.c.kind == DOMAIN))
-    ).first()
-    if is_domain is None:
-        raise InvalidPrincipal(f"{address}: {domain!r} is not a domain of this directory")
-    owner = _owner_of(connection, address)
-    if owner is None:
-        return
-    if owner.principal_id == principal_id:
-        raise AddressInUse(f"{address} is already an address of {name!r}")
-    raise AddressInUse(f"{address} is already used by {owner.name!r}")
-
-
-def _refuse_domain_in_use(connection, domain, doing):
-    in_use = _addresses_in_domain(connection, domain)
-    if in_use:
-        shown = ", ".join(in_use[:5]) + (f" and {len(in_use) - 5} more" if len(in_use) > 5 else "")
-        raise AddressInUse(f"cannot {doing} domain {domain!r}: addresses still use it: {shown}")
-
-
-def _contains(connection, group_id, wanted_id):
-    """
-    @return: whether C{wanted_id} is among the members of C{group_id},
-        directly or through nested groups.
-    """
-    m = schema.principal_members
-    seen, frontier = set(), {group_id}
-    while frontier:
-        found = set(
-            connection.execute(
-                select(m.c.member_id).where(m.c.group_id.in_(sorted(frontier)))
-            ).scalars()
-        )
-        if wanted_id in found:
-            return True
-        seen |= frontier
-        frontier = found - seen
-    return False
-
-
-def _check_member(connection, group, member):
-    allowed = MEMBER_KINDS.get(group.kind)
-    if allowed is None:
-        raise InvalidPrincipal(
-            f"{group.name!r} is a {group.kind}; only groups and lists have members"
-        )
-    if member.id == group.id:
-        raise InvalidPrincipal(f"{group.name!r} cannot be a member of itself")
-    if member.kind not in allowed:
-        raise InvalidPrincipal(
-            f"{member.name!r} is a {member.kind}; "
-            f"a {group.kind} holds only {' and '.join(allowed)}s"
-        )
-    if member.kind == GROUP and _contains(connection, member.id, group.id):
-        raise InvalidPrincipal(
-            f"{group.name!r} cannot hold {member.name!r}: {member.name!r} already contains it"
-        )
-
-
-def _is_member(connection, group_id, member_id):
-    m = schema.principal_members
-    return connection.execute(
-        select(m.c.group_id).where((m.c.group_id == group_id) & (m.c.member_id == member_id))
-    ).first() is not None
-
-
-# Building batches: each builder reads through the connection, fills the
-# batch, and returns the id of the principal whose new state the caller
-# gets back (None when it is gone).
-
-
-def _plan(connection, build, args):
-    batch = WriteBatch()
-    batch.expect_modseq(DIRECTORY_ACCOUNT, account_modseq(connection, DIRECTORY_ACCOUNT))
-    principal_id = build(connection, batch, *args)
-    return batch, principal_id
-
-
-def _log(batch, principal_id, kind):
-    batch.log_change(DIRECTORY_ACCOUNT, CHANGE_TYPE, str(principal_id), kind)
-
-
-def _build_create(connection, batch, new):
-    p = schema.principals
-    if connection.execute(select(p.c.id).where(p.c.name == new.name)).first() is not None:
-        raise PrincipalExists(f"a principal named {new.name!r} already exists")
-    principal_id = _next_principal_id(connection, batch)
-    addresses = ([(new.email, False)] if new.email else []) + [(a, True) for a in new.aliases]
-    for address, _ in addresses:
-        _check_address_free(connection, address, principal_id, new.name)
-    group = _Row(id=principal_id, kind=new.kind, name=new.name)
-    member_ids = []
-    for member_name in new.members:
-        if member_name == new.name:
-            raise InvalidPrincipal(f"{new.name!r} cannot be a member of itself")
-        member = _require(connection, member_name)
-        _check_member(connection, group, member)
-        member_ids.append(member.id)
-    batch.insert(
-        "principals", id=principal_id, kind=new.kind, name=new.name,
-        description=new.description, secret=new.secret_hash, quota=new.quota,
-        timezone=new.timezone, created_at=new.created_at,
-    )
-    for address, is_alias in addresses:
-        batch.insert(
-            "principal_emails", address=address, principal_id=principal_id, is_alias=is_alias
-        )
-    for member_id in sorted(set(member_ids)):
-        batch.insert("principal_members", group_id=principal_id, member_id=member_id)
-    _log(batch, principal_id, "created")
-    return principal_id
-
-
-def _next_principal_id(connection, batch):
-    # Ids of destroyed principals are never reused: a new account must not
-    # inherit data still keyed by an old one's id.
-    sequences = schema.id_sequences
-    last = connection.execute(
-        select(sequences.c.last_value).where(sequences.c.name == CHANGE_TYPE)
-    ).scalar()
-    highest = connection.execute(select(func.max(schema.principals.c.id))).scalar() or 0
-    principal_id = max(last or 0, highest) + 1
-    if last is None:
-        batch.insert("id_sequences", name=CHANGE_TYPE, last_value=principal_id)
-    else:
-        batch.update("id_sequences", {"name": CHANGE_TYPE}, last_value=principal_id)
-    return principal_id
-
-
-@dataclass(frozen=True)
-class _Row:
-    # The fields of a principal that membership rules look at, for one not
-    # yet in the database.
-    id: int
-    kind: str
-    name: str
-
-
-def _build_update(connection, batch, name, changes):
-    row = _require(connection, name)
-    values = {}
-    if "name" in changes:
-        new_name = _check_name(row.kind, changes["name"])
-        if new_name != row.name:
-            if _principal_id(connection, new_name) is not None:
-                raise PrincipalExists(f"a principal named {new_name!r} already exists")
-            if row.kind == DOMAIN:
-                _refuse_domain_in_use(connection, row.name, "rename")
-            values["name"] = new_name
-    if "secret_hash" in changes:
-        if row.kind != INDIVIDUAL and changes["secret_hash"] is not None:
-            raise InvalidPrincipal(
-                f"{row.name!r}: only individuals have a secret, not a {row.kind}"
-            )
-        values["secret"] = changes["secret_hash"]
-    for field in ("description", "quota", "timezone"):
-        if field in changes:
-            values[field] = changes[field]
-    if "email" in changes:
-        _set_primary(connection, batch, row, changes["email"])
-    if values:
-        batch.update("principals", {"id": row.id}, **values)
-    _log(batch, row.id, "updated")
-    return row.id
-
-
-def _principal_id(connection, name):
-    p = schema.principals
-    return connection.execute(select(p.c.id).where(p.c.name == name)).scalar()
-
-
-def _set_primary(connection, batch, row, address):
-    if row.kind == DOMAIN and address is not None:
-        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
-    e = schema.principal_emails
-    current = connection.execute(
-        select(e.c.address).where((e.c.principal_id == row.id) & e.c.is_alias.is_(False))
-    ).scalar()
-    if address == current:
-        return
-    if address is not None:
-        owner = _owner_of(connection, address)
-        if owner is not None and owner.principal_id == row.id:
-            # One of its own aliases becomes the primary address.
-            batch.delete("principal_emails", address=address)
-        else:
-            _check_address_free(connection, address, row.id, row.name)
-    if current is not None:
-        batch.delete("principal_emails", address=current)
-    if address is not None:
-        batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=False)
-
-
-def _build_delete(connection, batch, name):
-    row = _require(connection, name)
-    if row.kind == DOMAIN:
-        _refuse_domain_in_use(connection, row.name, "delete")
-    m = schema.principal_members
-    containers = connection.execute(
-        select(m.c.group_id).where(m.c.member_id == row.id).order_by(m.c.group_id)
-    ).scalars().all()
-    batch.delete("principal_emails", principal_id=row.id)
-    batch.delete("principal_members", group_id=row.id)
-    batch.delete("principal_members", member_id=row.id)
-    batch.delete("principals", id=row.id)
-    for group_id in containers:
-        _log(batch, group_id, "updated")
-    _log(batch, row.id, "destroyed")
-    return None
-
-
-def _build_add_alias(connection, batch, name, address):
-    row = _require(connection, name)
-    if row.kind == DOMAIN:
-        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
-    _check_address_free(connection, address, row.id, row.name)
-    batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=True)
-    _log(batch, row.id, "updated")
-    return row.id
-
-
-def _build_remove_alias(connection, batch, name, address):
-    row = _require(connection, name)
-    owner = _owner_of(connection, address)
-    if owner is None or owner.principal_id != row.id:
-        raise InvalidPrincipal(f"{address} is not an alias of {row.name!r}")
-    if not owner.is_alias:
-        raise InvalidPrincipal(
-            f"{address} is the primary address of {row.name!r}; change it with update(email=...)"
-        )
-    batch.delete("principal_emails", address=address)
-    _log(batch, row.id, "updated")
-    return row.id
-
-
-def _build_add_member(connection, batch, group_name, member_name):
-    group = _require(connection, group_name)
-    member = _require(connection, member_name)
-    _check_member(connection, group, member)
-    if _is_member(connection, group.id, member.id):
-        raise InvalidPrincipal(f"{member.name!r} is already a member of {group.name!r}")
-    batch.insert("principal_members", group_id=group.id, member_id=member.id)
-    _log(batch, group.id, "updated")
-    return group.id
-
-
-def _build_remove_member(connection, batch, group_name, member_name):
-    group = _require(connection, group_name)
-    member = _require(connection, member_name)
-    if not _is_member(connection, group.id, member.id):
-        raise InvalidPrincipal(f"{member.name!r} is not a member of {group.name!r}")
-    batch.delete("principal_members", group_id=group.id, member_id=member.id)
-    _log(batch, group.id, "updated")
-    return group.id
 
 
 class Directory:

@@ -1,0 +1,118 @@
+"""
+The method registry and the invocation loop (RFC 8620 section 3).
+
+Sans-IO: the loop takes a checked L{Request} and the caller's context and
+returns the Response object; the HTTP and WebSocket layers only carry
+bytes. Methods run in order. Each one's arguments have their result
+references resolved first; a method that raises L{MethodError} answers with
+that error, and any other exception answers C{serverFail} (logged here) so
+that one broken method never takes the rest of the request down.
+
+Modules outside jmap/ (mail, sieve...) register their methods here; jmap/
+never imports them.
+"""
+
+import inspect
+from dataclasses import dataclass, field
+
+from stalwart_tw.jmap.errors import SERVER_FAIL, UNKNOWN_METHOD, MethodError
+from stalwart_tw.jmap.request import Invocation, resolve_references
+from stalwart_tw.logs import Logger
+
+CORE_CAPABILITY = "urn:ietf:params:jmap:core"
+
+log = Logger()
+
+
+@dataclass
+class CallContext:
+    """
+    What a method knows of the request it runs in.
+
+    @ivar principal: who is calling.
+    @ivar using: the capabilities the request declared.
+    @ivar created_ids: creation id -> id, shared by all calls of the request.
+    """
+
+    principal: object
+    using: tuple
+    created_ids: dict = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """
+    A registered method: its handler and the capability it belongs to.
+
+    The handler is called as C{handler(context, arguments)} and returns
+    (or returns a Deferred or coroutine of) the response arguments, or a
+    list of L{Invocation}s when it answers with more than one response.
+    """
+
+    name: str
+    capability: str
+    handler: object
+
+
+class MethodRegistry:
+    """
+    The methods a server offers, by name.
+    """
+
+    def __init__(self):
+        self._methods = {}
+
+    def register(self, name, capability, handler):
+        if name in self._methods:
+            raise ValueError(f"method {name!r} is registered twice")
+        self._methods[name] = Method(name, capability, handler)
+
+    def get(self, name):
+        return self._methods.get(name)
+
+    def capabilities(self):
+        return {method.capability for method in self._methods.values()}
+
+
+async def run_request(registry, request, principal, session_state):
+    """
+    Run every method call of C{request} in order.
+
+    @return: the Response object, ready to encode as JSON.
+    """
+    context = CallContext(principal, request.using, dict(request.created_ids or {}))
+    responses = []
+    for call in request.calls:
+        responses.extend(await _run_call(registry, context, call, responses))
+    document = {
+        "methodResponses": [response.as_json() for response in responses],
+        "sessionState": session_state,
+    }
+    if request.created_ids is not None:
+        document["createdIds"] = context.created_ids
+    return document
+
+
+async def _run_call(registry, context, call, responses):
+    method = registry.get(call.name)
+    try:
+        if method is None:
+            raise MethodError(UNKNOWN_METHOD, f"the server has no method {call.name!r}")
+        if method.capability not in context.using:
+            raise MethodError(
+                UNKNOWN_METHOD,
+                f"{call.name} needs {method.capability!r} in the request's 'using'",
+            )
+        arguments = resolve_references(call.arguments, responses)
+        result = method.handler(context, arguments)
+        if inspect.isawaitable(result):
+            result = await result
+    except MethodError as error:
+        return [Invocation("error", error.arguments(), call.call_id)]
+    except Exception:
+        log.failure("method {name} failed", name=call.name)
+        error = MethodError(SERVER_FAIL, f"{call.name} failed unexpectedly; the error is logged")
+        return [Invocation("error", error.arguments(), call.call_id)]
+    if isinstance(result, list):
+        return [Invocation(name, arguments, call.call_id) for name, arguments in result]
+    return [Invocation(call.name, result, call.call_id)]

@@ -1,0 +1,44 @@
+"""
+JMAP ids for integer keys: short, URL-safe strings (RFC 8620 section 1.2).
+
+An integer is written in a base-32 alphabet of digits and lower-case
+letters without the look-alikes i, l, o and u, behind a one-letter prefix
+that names what kind of object it is, so that an id can never be read as
+another kind's (and never starts with a digit or '-', as the RFC advises).
+"""
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_VALUES = {character: value for value, character in enumerate(ALPHABET)}
+
+
+def encode_id(prefix, number):
+    """
+    @return: the id of object C{number} of the kind C{prefix} (one letter).
+    """
+    if number < 0:
+        raise ValueError("ids are not negative")
+    digits = []
+    while True:
+        number, digit = divmod(number, 32)
+        digits.append(ALPHABET[digit])
+        if number == 0:
+            break
+    return prefix + "".join(reversed(digits))
+
+
+def decode_id(prefix, text):
+    """
+    @return: the number in an id of kind C{prefix}, or C{None} when
+        C{text} is not such an id (a client's garbage is simply not found).
+    """
+    if not isinstance(text, str) or not 1 < len(text) <= 14 or not text.startswith(prefix):
+        return None
+    number = 0
+    for character in text[len(prefix):]:
+        value = _VALUES.get(character)
+        if value is None:
+            return None
+        number = number * 32 + value
+    if encode_id(prefix, number) != text:
+        return None
+    return number

@@ -1,0 +1,66 @@
+"""
+The JMAP Session resource (RFC 8620 section 2): what the server can do,
+which accounts the user can reach, and where to send requests.
+
+Its state is a digest of everything else in the document, so it changes
+exactly when the document does.
+"""
+
+import orjson
+from blake3 import blake3
+
+from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
+from stalwart_tw.jmap.ids import encode_id
+
+ACCOUNT_PREFIX = "a"
+
+
+def account_id(principal_id):
+    """
+    @return: the JMAP id of the account of a principal.
+    """
+    return encode_id(ACCOUNT_PREFIX, principal_id)
+
+
+def core_capability(settings):
+    """
+    @return: the urn:ietf:params:jmap:core capability, limits from settings.
+    """
+    return {
+        "maxSizeUpload": settings.max_size_upload,
+        "maxConcurrentUpload": settings.max_concurrent_uploads,
+        "maxSizeRequest": settings.max_size_request,
+        "maxConcurrentRequests": settings.max_concurrent_requests,
+        "maxCallsInRequest": settings.max_calls_in_request,
+        "maxObjectsInGet": settings.max_objects_in_get,
+        "maxObjectsInSet": settings.max_objects_in_set,
+        "collationAlgorithms": ["i;ascii-numeric", "i;ascii-casemap", "i;unicode-casemap"],
+    }
+
+
+def session_document(settings, principal):
+    """
+    @return: the Session object for C{principal}.
+    """
+    base = settings.jmap_url
+    own = account_id(principal.id)
+    document = {
+        "capabilities": {CORE_CAPABILITY: core_capability(settings)},
+        "accounts": {
+            own: {
+                "name": principal.email or principal.name,
+                "isPersonal": True,
+                "isReadOnly": False,
+                "accountCapabilities": {},
+            }
+        },
+        "primaryAccounts": {},
+        "username": principal.name,
+        "apiUrl": f"{base}/jmap/",
+        "downloadUrl": f"{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}",
+        "uploadUrl": f"{base}/jmap/upload/{{accountId}}/",
+        "eventSourceUrl": f"{base}/jmap/eventsource/?types={{types}}&closeafter={{closeafter}}"
+        "&ping={{ping}}",
+    }
+    document["state"] = blake3(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return document
