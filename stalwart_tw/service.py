@@ -27,7 +27,6 @@ from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from stalwart_tw.config import SETTINGS, ConfigError, load_settings
 from stalwart_tw.logs import Logger, set_level
@@ -257,9 +256,10 @@ class NodeService(Service):
         return key
 
     def _listen(self):
+        from stalwart_tw.http.app import make_site
+
         settings = self.settings
-        site = Site(self.http.resource())
-        site.displayTracebacks = False
+        site = make_site(self.http, settings)
         if settings.jmap_cert_path:
             scheme = "https"
             factory = TLSMemoryBIOFactory(

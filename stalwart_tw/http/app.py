@@ -14,6 +14,7 @@ so a big request never stalls other clients.
 import orjson
 from klein import Klein
 from twisted.internet.threads import deferToThreadPool
+from twisted.web.server import Request, Site
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.jmap.core import register_core
@@ -38,6 +39,13 @@ def problem(request, status, title, detail, problem_type="about:blank"):
     )
 
 
+def _content_length(request):
+    try:
+        return int(request.getHeader(b"Content-Length") or 0)
+    except ValueError:
+        return 0
+
+
 def jmap_problem(request, error):
     """
     Answer with the problem document of a request-level JMAP error.
@@ -51,6 +59,100 @@ def json_response(request, document):
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
     return orjson.dumps(document)
+
+
+ALLOWED_METHODS = b"GET, POST, OPTIONS"
+# Named one by one: a bare "*" does not cover Authorization.
+ALLOWED_HEADERS = b"Authorization, Content-Type, Accept, Last-Event-ID, Cache-Control"
+EXPOSED_HEADERS = b"Content-Disposition, WWW-Authenticate, Retry-After, Content-Length"
+PREFLIGHT_MAX_AGE = b"86400"
+
+
+class CorsPolicy:
+    """
+    Which web pages may read the server's answers.
+
+    Permissive (the default): any origin, credentials included, so a web
+    client served from anywhere can use the server. Strict (strict-cors):
+    only pages of the server's own origin, taken from jmap-url.
+    """
+
+    def __init__(self, settings):
+        self._strict = settings.strict_cors
+        self._own_origin = _origin_of(settings.jmap_url)
+
+    def allows(self, origin):
+        return not self._strict or origin == self._own_origin
+
+    def apply(self, request):
+        """
+        Set the CORS headers of a response to C{request}.
+        """
+        origin = request.getHeader(b"Origin")
+        request.setHeader(b"Vary", b"Origin")
+        if origin is None or not self.allows(origin):
+            return
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS)
+        if request.method == b"OPTIONS":
+            request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
+            request.setHeader(b"Access-Control-Allow-Headers", ALLOWED_HEADERS)
+            request.setHeader(b"Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
+
+
+def _origin_of(url):
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/')[0]}".encode("ascii")
+
+
+class JmapRequest(Request):
+    """
+    A request of the JMAP site: CORS headers on every answer (errors and
+    401s included, so a web client can read why a call failed), preflights
+    answered before routing (no credentials asked, never redirected), and a
+    body that stops being stored once it passes the site's largest limit,
+    so no client can make the server buffer without bound.
+
+    @ivar body_size: bytes of body received.
+    @ivar body_too_large: the body passed the limit and was not kept whole.
+    """
+
+    body_size = 0
+    body_too_large = False
+
+    def gotLength(self, length):
+        super().gotLength(length)
+        if length is not None and length > self.channel.site.max_body:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data):
+        self.body_size += len(data)
+        if self.body_size > self.channel.site.max_body:
+            self.body_too_large = True
+        if not self.body_too_large:
+            super().handleContentChunk(data)
+
+    def process(self):
+        site = self.channel.site
+        site.cors.apply(self)
+        if self.method == b"OPTIONS":
+            self.site = site
+            self.setResponseCode(204)
+            self.finish()
+            return
+        super().process()
+
+
+def make_site(http, settings):
+    """
+    @return: the twisted.web Site serving the app of C{http}.
+    """
+    site = Site(http.resource(), requestFactory=JmapRequest)
+    site.displayTracebacks = False
+    site.cors = CorsPolicy(settings)
+    site.max_body = max(settings.max_size_request, settings.max_size_upload)
+    return site
 
 
 class JmapHttp:
@@ -134,8 +236,15 @@ class JmapHttp:
         content_type = (request.getHeader(b"Content-Type") or b"application/json").lower()
         if content_type.split(b";")[0].strip() != b"application/json":
             raise RequestError(NOT_JSON, "the request's Content-Type is not application/json")
-        body = request.content.read()
         limit = self._settings.max_size_request
+        size = max(getattr(request, "body_size", 0), _content_length(request))
+        if getattr(request, "body_too_large", False) or size > limit:
+            raise RequestError(
+                LIMIT,
+                f"the request is {size} bytes; the server takes at most {limit}",
+                limit="maxSizeRequest",
+            )
+        body = request.content.read()
         if len(body) > limit:
             raise RequestError(
                 LIMIT,

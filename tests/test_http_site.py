@@ -1,0 +1,175 @@
+"""
+The JMAP site over real loopback HTTP: CORS on every answer, preflights
+without credentials, and request bodies bounded while they are read.
+"""
+
+import json
+from base64 import b64encode
+
+from treq.client import HTTPClient
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from stalwart_tw.service import NodeService
+from tests.support import cheap_hasher
+from tests.test_service import node_settings
+
+ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:service-secret")]}
+PAGE = b"https://webmail.example.net"
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """A body sent with chunked encoding: the server cannot know its size up front."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, chunks):
+        self._chunks = chunks
+
+    def startProducing(self, consumer):
+        for chunk in self._chunks:
+            consumer.write(chunk)
+        return defer.succeed(None)
+
+    def stopProducing(self):
+        pass
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+
+class SiteTestCase(TestCase):
+    settings_overrides = {}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.service = NodeService(node_settings(self, **self.settings_overrides))
+        self.service.directory._hasher = cheap_hasher()
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        yield self.service._starting
+        port = self.service.ports["JMAP"].getHost().port
+        self.base = f"http://127.0.0.1:{port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    @defer.inlineCallbacks
+    def request(self, method, path, headers=None, data=None):
+        response = yield self.http.request(method, self.base + path, headers=headers, data=data)
+        body = yield response.content()
+        return response, body
+
+    def header(self, response, name):
+        values = response.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+
+class CorsTests(SiteTestCase):
+    """
+    A web page on another origin can call the server and read its answers.
+    """
+
+    @defer.inlineCallbacks
+    def test_preflight_without_credentials(self):
+        """OPTIONS on each JMAP path answers 204 with what a browser checks, no login asked."""
+        for path in ("/.well-known/jmap", "/jmap", "/jmap/", "/jmap/upload/a1/",
+                     "/jmap/download/a1/b/n", "/jmap/eventsource/"):
+            response, _ = yield self.request("OPTIONS", path, headers={
+                b"Origin": [PAGE],
+                b"Access-Control-Request-Method": [b"POST"],
+                b"Access-Control-Request-Headers": [b"authorization, content-type"],
+            })
+            self.assertEqual(response.code, 204, path)
+            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+            allowed = self.header(response, b"Access-Control-Allow-Headers")
+            self.assertIn(b"Authorization", allowed)
+            self.assertIn(b"Content-Type", allowed)
+            self.assertNotEqual(allowed.strip(), b"*")
+            self.assertTrue(self.header(response, b"Access-Control-Max-Age"))
+            self.assertIsNone(self.header(response, b"Location"))
+
+    @defer.inlineCallbacks
+    def test_headers_on_a_401(self):
+        """A 401 carries CORS headers, so the page can read the challenge."""
+        response, _ = yield self.request("GET", "/.well-known/jmap", headers={b"Origin": [PAGE]})
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+        self.assertIn(b"WWW-Authenticate", self.header(response, b"Access-Control-Expose-Headers"))
+
+    @defer.inlineCallbacks
+    def test_headers_on_success_and_problem(self):
+        """Successful calls and request-level problems both carry CORS headers."""
+        headers = {**ADMIN, b"Origin": [PAGE], b"Content-Type": [b"application/json"]}
+        ok, _ = yield self.request("POST", "/jmap/", headers=headers,
+                                   data=b'{"using": [], "methodCalls": []}')
+        bad, _ = yield self.request("POST", "/jmap/", headers=headers, data=b"{")
+        self.assertEqual((ok.code, bad.code), (200, 400))
+        for response in (ok, bad):
+            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+
+
+class StrictCorsTests(SiteTestCase):
+    """
+    With strict-cors, only the server's own origin may read answers.
+    """
+
+    settings_overrides = {"strict-cors": "true", "jmap-url": "https://mail.example.org"}
+
+    @defer.inlineCallbacks
+    def test_foreign_origin_refused(self):
+        """Another origin gets no Access-Control-Allow-Origin."""
+        response, _ = yield self.request("OPTIONS", "/jmap/", headers={b"Origin": [PAGE]})
+        self.assertIsNone(self.header(response, b"Access-Control-Allow-Origin"))
+
+    @defer.inlineCallbacks
+    def test_own_origin_allowed(self):
+        """The origin of jmap-url is allowed."""
+        own = b"https://mail.example.org"
+        response, _ = yield self.request("OPTIONS", "/jmap/", headers={b"Origin": [own]})
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), own)
+
+
+class BodyLimitTests(SiteTestCase):
+    """
+    max-size-request holds whatever the client claims about the body's size.
+    """
+
+    settings_overrides = {"max-size-request": "5000", "max-size-upload": "6000"}
+
+    @defer.inlineCallbacks
+    def test_chunked_body_over_the_limit(self):
+        """A chunked body larger than the limit is refused with limit/maxSizeRequest."""
+        headers = {**ADMIN, b"Content-Type": [b"application/json"]}
+        body = ChunkedBody([b'{"using": [], "methodCalls": [], "pad": "'] + [b"x" * 1000] * 20
+                           + [b'"}'])
+        response, content = yield self.request("POST", "/jmap/", headers=headers, data=body)
+        self.assertEqual(response.code, 400)
+        problem = json.loads(content)
+        self.assertEqual(problem["limit"], "maxSizeRequest")
+
+    @defer.inlineCallbacks
+    def test_declared_length_over_the_limit(self):
+        """A body whose Content-Length passes the limit is refused the same way."""
+        headers = {**ADMIN, b"Content-Type": [b"application/json"]}
+        payload = json.dumps({"using": [], "methodCalls": [], "pad": "x" * 8000}).encode()
+        response, content = yield self.request("POST", "/jmap/", headers=headers, data=payload)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(content)["limit"], "maxSizeRequest")
+
+    @defer.inlineCallbacks
+    def test_body_within_the_limit(self):
+        """A chunked body under the limit is read whole and answered."""
+        headers = {**ADMIN, b"Content-Type": [b"application/json"]}
+        body = ChunkedBody([b'{"using": ["urn:ietf:params:jmap:core"], ',
+                            b'"methodCalls": [["Core/echo", {"a": 1}, "c"]]}'])
+        response, content = yield self.request("POST", "/jmap/", headers=headers, data=body)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(content)["methodResponses"], [["Core/echo", {"a": 1}, "c"]])
