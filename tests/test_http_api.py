@@ -159,3 +159,37 @@ class IdTests(TestCase):
         """Strings that are not ids of that kind decode to None."""
         for text in ("", "a", "b1", "a00", "aI", "a-1", None, 5, "a" + "z" * 20):
             self.assertIsNone(decode_id("a", text))
+
+
+class ConcurrencyTests(ApiTestCase):
+    """
+    maxConcurrentRequests holds per account.
+    """
+
+    @defer.inlineCallbacks
+    def test_limit_per_account(self):
+        """A request beyond the account's limit gets limit/maxConcurrentRequests; others go on."""
+        gates = []
+
+        def wait(context, arguments):
+            gates.append(defer.Deferred())
+            return gates[-1].addCallback(lambda _: arguments)
+
+        self.http.methods.register("Test/wait", CORE, wait)
+        waiting = [
+            self.post({"using": [CORE], "methodCalls": [["Test/wait", {"n": n}, "c"]]})
+            for n in range(4)
+        ]
+        self.assertEqual(len(gates), 4)
+        response, document = yield self.post({"using": [CORE], "methodCalls": []})
+        self.assertEqual(response.code, 429)
+        self.assertEqual(document["type"], "urn:ietf:params:jmap:error:limit")
+        self.assertEqual(document["limit"], "maxConcurrentRequests")
+        for gate in gates:
+            gate.callback(None)
+        self.treq.flush()
+        results = yield defer.gatherResults(waiting)
+        self.assertEqual([r[0].code for r in results], [200] * 4)
+        # The slots are back: the next request runs.
+        response, _ = yield self.post({"using": [CORE], "methodCalls": []})
+        self.assertEqual(response.code, 200)

@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request, Site
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
+from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
 from stalwart_tw.jmap.core import register_core
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
@@ -178,6 +179,7 @@ class JmapHttp:
         self._threadpool = threadpool
         self.methods = MethodRegistry()
         register_core(self.methods)
+        self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
 
     def resource(self):
         return self.app.resource()
@@ -225,11 +227,19 @@ class JmapHttp:
         if principal is None:
             return self._challenge(request)
         try:
-            parsed = await self._parse(request)
+            with self._requests.slot(principal.id):
+                parsed = await self._parse(request)
+                state = session_document(self._settings, principal)["state"]
+                response = await run_request(self.methods, parsed, principal, state)
         except RequestError as error:
             return jmap_problem(request, error)
-        state = session_document(self._settings, principal)["state"]
-        response = await run_request(self.methods, parsed, principal, state)
+        except LimitReached:
+            return jmap_problem(request, RequestError(
+                LIMIT,
+                f"{self._requests.limit} requests of this account are already in progress",
+                status=429,
+                limit="maxConcurrentRequests",
+            ))
         return json_response(request, response)
 
     async def _parse(self, request):
