@@ -920,3 +920,22 @@ class ValidationTests(DirectoryTestCase):
         yield self.assert_refused(
             self.directory.update("alice", quota=-5), InvalidPrincipal, "-5"
         )
+
+
+class GroupsOfTests(DirectoryTestCase):
+    """
+    The groups a principal belongs to, for the accounts it may use.
+    """
+
+    @inlineCallbacks
+    def test_groups_of(self):
+        """Only groups (not lists) that hold the principal directly are listed."""
+        yield self.directory.create_principal("domain", "example.org")
+        jane = yield self.directory.create_principal("individual", "jane", secret="pw")
+        sales = yield self.directory.create_principal("group", "sales", members=["jane"])
+        yield self.directory.create_principal("group", "other")
+        yield self.directory.create_principal(
+            "list", "news", email="news@example.org", members=["jane"]
+        )
+        self.assertEqual((yield self.directory.groups_of(jane.id)), [sales.id])
+        self.assertEqual((yield self.directory.groups_of(sales.id)), [])

@@ -54,9 +54,9 @@ class TrustOneAuthority:
         )
 
 
-class NodeServiceTests(TestCase):
+class NodeServiceMixin:
     """
-    A node started in this process answers over HTTP(S) and stops cleanly.
+    Start a node in this process, with cheap Argon2, stopped when the test ends.
     """
 
     @defer.inlineCallbacks
@@ -76,6 +76,11 @@ class NodeServiceTests(TestCase):
         if policy is None:
             return HTTPClient(Agent(reactor, pool=pool))
         return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+class NodeServiceTests(NodeServiceMixin, TestCase):
+    """
+    A node started in this process answers over HTTP(S) and stops cleanly.
+    """
 
     @defer.inlineCallbacks
     def test_https_when_certificate_set(self):
@@ -252,6 +257,9 @@ class FakeDirectory:
         self._accounts = accounts
         self.attempts = []
 
+    def groups_of(self, principal_id):
+        return defer.succeed([])
+
     def authenticate(self, login, password):
         self.attempts.append((login, password))
         principal = self._accounts.get((login, password))
@@ -333,3 +341,32 @@ class SessionAuthenticationTests(TestCase):
         self.assertEqual(parse_basic(b"Basic " + b64encode(b"a:b:c")), ("a", "b:c"))
         self.assertIsNone(parse_basic(b"Basic " + b64encode(b":pw")))
         self.assertIsNone(parse_basic(None))
+
+
+class SessionAccountsTests(NodeServiceMixin, TestCase):
+    """
+    The Session lists the accounts of the groups a user belongs to.
+    """
+
+    @defer.inlineCallbacks
+    def test_group_account_listed(self):
+        """A member of a group sees the group's account, not personal, with its name."""
+        from stalwart_tw.jmap.session import account_id
+
+        service = yield self.start(node_settings(self))
+        directory = service.directory
+        yield directory.create_principal("domain", "example.org")
+        jane = yield directory.create_principal("individual", "jane", secret="jane-pw")
+        sales = yield directory.create_principal(
+            "group", "sales", email="sales@example.org", members=["jane"]
+        )
+        port = service.ports["JMAP"].getHost().port
+        response = yield self.client().get(
+            f"http://127.0.0.1:{port}/jmap/session", headers=basic("jane", "jane-pw")
+        )
+        session = yield response.json()
+        accounts = session["accounts"]
+        self.assertEqual(set(accounts), {account_id(jane.id), account_id(sales.id)})
+        self.assertFalse(accounts[account_id(sales.id)]["isPersonal"])
+        self.assertEqual(accounts[account_id(sales.id)]["name"], "sales@example.org")
+        yield service.stopService()

@@ -216,7 +216,12 @@ class JmapHttp:
         principal = await self._authenticate(request)
         if principal is None:
             return self._challenge(request)
-        return json_response(request, session_document(self._settings, principal))
+        return json_response(request, await self._session(principal))
+
+    async def _session(self, principal):
+        group_ids = await self._directory.groups_of(principal.id)
+        groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
+        return session_document(self._settings, principal, [g for g in groups if g])
 
     @app.route("/jmap", methods=["POST"])
     @app.route("/jmap/", methods=["POST"])
@@ -229,7 +234,7 @@ class JmapHttp:
         try:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
-                state = session_document(self._settings, principal)["state"]
+                state = (await self._session(principal))["state"]
                 response = await run_request(self.methods, parsed, principal, state)
         except RequestError as error:
             return jmap_problem(request, error)

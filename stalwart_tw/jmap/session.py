@@ -10,7 +10,7 @@ import orjson
 from blake3 import blake3
 
 from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
-from stalwart_tw.jmap.ids import encode_id
+from stalwart_tw.jmap.ids import decode_id, encode_id
 
 ACCOUNT_PREFIX = "a"
 
@@ -20,6 +20,24 @@ def account_id(principal_id):
     @return: the JMAP id of the account of a principal.
     """
     return encode_id(ACCOUNT_PREFIX, principal_id)
+
+
+def account_number(text):
+    """
+    @return: the principal id behind an account id, or C{None} for text
+        that is no account id.
+    """
+    return decode_id(ACCOUNT_PREFIX, text)
+
+
+async def accessible_accounts(directory, principal):
+    """
+    The accounts a principal may use: its own, and those of the groups it
+    belongs to.
+
+    @return: the principal ids of those accounts, own first.
+    """
+    return [principal.id, *await directory.groups_of(principal.id)]
 
 
 def core_capability(settings):
@@ -38,22 +56,27 @@ def core_capability(settings):
     }
 
 
-def session_document(settings, principal):
+def _account(principal, personal):
+    return {
+        "name": principal.email or principal.name,
+        "isPersonal": personal,
+        "isReadOnly": False,
+        "accountCapabilities": {},
+    }
+
+
+def session_document(settings, principal, groups=()):
     """
+    @param groups: the group principals whose accounts C{principal} shares.
     @return: the Session object for C{principal}.
     """
     base = settings.jmap_url
-    own = account_id(principal.id)
+    accounts = {account_id(principal.id): _account(principal, True)}
+    for group in groups:
+        accounts[account_id(group.id)] = _account(group, False)
     document = {
         "capabilities": {CORE_CAPABILITY: core_capability(settings)},
-        "accounts": {
-            own: {
-                "name": principal.email or principal.name,
-                "isPersonal": True,
-                "isReadOnly": False,
-                "accountCapabilities": {},
-            }
-        },
+        "accounts": accounts,
         "primaryAccounts": {},
         "username": principal.name,
         "apiUrl": f"{base}/jmap/",

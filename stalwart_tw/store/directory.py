@@ -121,6 +121,17 @@ class Principal:
 # Reading; these run on the store's reader threads.
 
 
+def _group_ids_of(connection, principal_id):
+    members, principals = schema.principal_members, schema.principals
+    rows = connection.execute(
+        select(members.c.group_id)
+        .join(principals, principals.c.id == members.c.group_id)
+        .where((members.c.member_id == principal_id) & (principals.c.kind == "group"))
+        .order_by(members.c.group_id)
+    )
+    return [row[0] for row in rows]
+
+
 # Every column but the secret, which never leaves this module's checks.
 def _public_columns():
     p = schema.principals
@@ -281,6 +292,13 @@ class Directory:
         except DirectoryError as error:
             return fail(error)
         return self._store.read(_load, condition)
+
+    def groups_of(self, principal_id):
+        """
+        @return: a Deferred firing with the ids of the groups that have
+            C{principal_id} as a direct member, sorted.
+        """
+        return self._store.read(_group_ids_of, principal_id)
 
     def _read_one(self, condition):
         return self._store.read(_load_one, condition)
