@@ -177,6 +177,7 @@ class NodeService(Service):
         # Imported here so that `twistd --help` stays quick.
         from stalwart_tw.cluster.node import LocalNode
         from stalwart_tw.http.app import JmapHttp
+        from stalwart_tw.jmap.push import StateChangeBus
         from stalwart_tw.store.blobs import BlobStore
         from stalwart_tw.store.directory import Directory
         from stalwart_tw.store.engine import Store
@@ -205,12 +206,19 @@ class NodeService(Service):
             hash_threadpool=self.workers,
             reactor=self._reactor,
         )
+        # Every applied batch tells the bus which states moved, for push.
+        self.bus = StateChangeBus()
+        self.node.add_listener(self.bus.publish)
         self.http = JmapHttp(
             self.directory,
             settings,
             lambda: self.ready,
             threadpool=self.workers,
             reactor=self._reactor,
+            blobs=self.blobs,
+            store=self.store,
+            node=self.node,
+            bus=self.bus,
         )
 
     # Before the reactor runs.

@@ -6,6 +6,7 @@ without credentials, and request bodies bounded while they are read.
 import json
 from base64 import b64encode
 
+from treq import collect as treq_collect
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
@@ -173,3 +174,60 @@ class BodyLimitTests(SiteTestCase):
         response, content = yield self.request("POST", "/jmap/", headers=headers, data=body)
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(content)["methodResponses"], [["Core/echo", {"a": 1}, "c"]])
+
+
+class EventSourceTests(SiteTestCase):
+    """
+    A client holding the event source hears of changes to its accounts.
+    """
+
+    @defer.inlineCallbacks
+    def open_stream(self, query):
+        response = yield self.http.get(self.base + "/jmap/eventsource/?" + query, headers={
+            **ADMIN, b"Origin": [PAGE]})
+        self.assertEqual(response.code, 200)
+        chunks, opened = [], defer.Deferred()
+
+        def received(chunk):
+            chunks.append(chunk)
+            if not opened.called:
+                opened.callback(None)
+
+        finished = treq_collect(response, received)
+        yield opened
+        return response, chunks, finished
+
+    @defer.inlineCallbacks
+    def test_state_event_after_a_change(self):
+        """A committed change reaches the stream as a StateChange, then closeafter=state ends it."""
+        from stalwart_tw.jmap.session import account_id
+        from stalwart_tw.store.batch import WriteBatch
+
+        admin = yield self.service.directory.get("admin")
+        response, chunks, finished = yield self.open_stream("types=*&closeafter=state&ping=0")
+        self.assertEqual(self.header(response, b"Content-Type"), b"text/event-stream")
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+        result = yield self.service.node.commit(
+            WriteBatch().log_change(admin.id, "Email", "m1", "created")
+        )
+        yield finished
+        text = b"".join(chunks).decode()
+        event = text[text.index("event: state"):]
+        data = json.loads(event.split("data: ", 1)[1].split("\n", 1)[0])
+        self.assertEqual(data["@type"], "StateChange")
+        state = data["changed"][account_id(admin.id)]["Email"]
+        self.assertEqual(state, format(result.modseqs[admin.id], "x"))
+
+    @defer.inlineCallbacks
+    def test_bad_query(self):
+        """A malformed closeafter is a 400 problem document, not a stream."""
+        response, body = yield self.request(
+            "GET", "/jmap/eventsource/?closeafter=maybe", headers=ADMIN)
+        self.assertEqual(response.code, 400)
+        self.assertIn(b"closeafter", body)
+
+    @defer.inlineCallbacks
+    def test_needs_credentials(self):
+        """Without credentials the event source answers 401."""
+        response, _ = yield self.request("GET", "/jmap/eventsource/")
+        self.assertEqual(response.code, 401)

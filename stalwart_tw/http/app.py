@@ -1,32 +1,68 @@
 """
 The node's web server: a Klein app bound to the node's services.
 
-Routes: the Session resource (at /.well-known/jmap and /jmap/session) and
-the API endpoint (POST /jmap/). Every route but the Session's challenge
-needs HTTP Basic credentials; errors are RFC 7807 problem documents in JSON
-throughout, JMAP's request-level problem types where they apply.
+Routes: the Session resource (at /.well-known/jmap and /jmap/session), the
+API endpoint (POST /jmap/), uploads (POST /jmap/upload/<accountId>/) and
+downloads (GET /jmap/download/<accountId>/<blobId>/<name>?accept=<type>).
+Every route but the Session's challenge needs HTTP Basic credentials; errors
+are RFC 7807 problem documents in JSON throughout, JMAP's request-level
+problem types where they apply.
+
+Blobs. An account the user cannot reach, a malformed blob id and a blob the
+account does not hold all answer the same 404, so a probe learns nothing
+about other accounts or about who stored what. A download is an attachment
+whatever type the client asks for (with nosniff), so no blob is ever
+rendered as a page of this origin; its name goes in RFC 5987 form only,
+every byte outside attr-char percent-encoded, so no name can break the
+header. Blob ids name immutable content: downloads may be cached for good,
+privately.
 
 Request bodies of up to L{INLINE_PARSE_LIMIT} bytes are decoded on the
 reactor thread (quicker than a thread hop); larger ones on the worker pool,
 so a big request never stalls other clients.
 """
 
+import re
+from urllib.parse import quote
+
 import orjson
 from klein import Klein
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request, Site
+from werkzeug.routing import PathConverter
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
-from stalwart_tw.jmap.core import register_core
+from stalwart_tw.jmap.core import (
+    BlobAccess,
+    register_blobs,
+    register_core,
+    uncancellable,
+)
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
+from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
-from stalwart_tw.jmap.session import session_document
+from stalwart_tw.jmap.session import (
+    accessible_accounts,
+    account_id,
+    account_number,
+    session_document,
+)
 from stalwart_tw.logs import Logger
+from stalwart_tw.store.blobs import is_blob_hash
+from stalwart_tw.store.errors import BlobMissing
 
 PROBLEM_TYPE = "application/problem+json"
 INLINE_PARSE_LIMIT = 64 * 1024
+
+DEFAULT_BLOB_TYPE = "application/octet-stream"
+# type "/" subtype, each an RFC 9110 token; anything else is not echoed back.
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 5987 attr-char beyond what quote() always keeps.
+_ATTR_CHAR_EXTRA = "!#$&+^`|"
+DOWNLOAD_CACHE = b"private, immutable, max-age=31536000"
 
 
 def problem(request, status, title, detail, problem_type="about:blank"):
@@ -35,9 +71,16 @@ def problem(request, status, title, detail, problem_type="about:blank"):
     """
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", PROBLEM_TYPE.encode())
-    return orjson.dumps(
-        {"type": problem_type, "status": status, "title": title, "detail": detail}
+    return _sized(
+        request,
+        orjson.dumps({"type": problem_type, "status": status, "title": title, "detail": detail}),
     )
+
+
+def _sized(request, body):
+    # A known length spares keep-alive clients the chunked framing.
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def _content_length(request):
@@ -53,13 +96,13 @@ def jmap_problem(request, error):
     """
     request.setResponseCode(error.status)
     request.setHeader(b"Content-Type", PROBLEM_TYPE.encode())
-    return orjson.dumps(error.problem())
+    return _sized(request, orjson.dumps(error.problem()))
 
 
 def json_response(request, document):
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
-    return orjson.dumps(document)
+    return _sized(request, orjson.dumps(document))
 
 
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
@@ -156,6 +199,21 @@ def make_site(http, settings):
     return site
 
 
+class _FileName(PathConverter):
+    # The rest of the path, "/" and line breaks included (PathConverter's
+    # "." stops at a newline): a name holds whatever the client encoded.
+    regex = r"[^/][\s\S]*?"
+
+
+def _download_type(request):
+    accept = request.args.get(b"accept", [b""])[0].decode("ascii", "replace")
+    return accept if _MEDIA_TYPE.fullmatch(accept) else DEFAULT_BLOB_TYPE
+
+
+def _attachment(name):
+    return "attachment; filename*=UTF-8''" + quote(name, safe=_ATTR_CHAR_EXTRA)
+
+
 class JmapHttp:
     """
     The HTTP routes of one node.
@@ -164,12 +222,17 @@ class JmapHttp:
     @param settings: the node's L{Settings}.
     @param is_ready: a zero-argument callable, true once the node's data is
         open; until then every route answers 503.
+    @param blobs: the node's L{BlobStore}; without it (with C{store} and
+        C{node}, which Blob/copy reads and commits through), uploads and
+        downloads answer 503 and Blob/copy is not offered.
     """
 
     app = Klein()
+    app.url_map.converters["filename"] = _FileName
     log = Logger()
 
-    def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None):
+    def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None,
+                 blobs=None, store=None, node=None, bus=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -179,7 +242,19 @@ class JmapHttp:
         self._threadpool = threadpool
         self.methods = MethodRegistry()
         register_core(self.methods)
+        self._bus = bus
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
+        self._uploads = ConcurrencyLimit(settings.max_concurrent_uploads)
+        self._blobs, self._blob_access = blobs, None
+        if blobs is not None:
+            if store is None or node is None:
+                raise ValueError("blobs needs the store and the node as well")
+            # The reactor is the blob store's clock too (service.py), so copies
+            # expire on the same clock as uploads.
+            self._blob_access = BlobAccess(
+                blobs, store, node, directory, reactor, settings.max_objects_in_set
+            )
+            register_blobs(self.methods, self._blob_access)
 
     def resource(self):
         return self.app.resource()
@@ -187,6 +262,12 @@ class JmapHttp:
     def _unavailable(self, request):
         request.setHeader(b"Retry-After", b"5")
         return problem(request, 503, "Service Unavailable", "The server is starting.")
+
+    def _not_found(self, request, detail):
+        return problem(request, 404, "Not Found", detail)
+
+    def _no_blobs(self, request):
+        return problem(request, 503, "Service Unavailable", "This node stores no blobs.")
 
     def _challenge(self, request):
         request.setHeader(b"WWW-Authenticate", CHALLENGE)
@@ -222,6 +303,29 @@ class JmapHttp:
         group_ids = await self._directory.groups_of(principal.id)
         groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
         return session_document(self._settings, principal, [g for g in groups if g])
+
+    @app.route("/jmap/eventsource", methods=["GET"])
+    @app.route("/jmap/eventsource/", methods=["GET"])
+    async def event_source(self, request):
+        if not self._is_ready() or self._bus is None:
+            return self._unavailable(request)
+        principal = await self._authenticate(request)
+        if principal is None:
+            return self._challenge(request)
+        try:
+            options = parse_eventsource_query(request.args)
+        except ValueError as error:
+            return problem(request, 400, "Bad Request", str(error))
+        accounts = await accessible_accounts(self._directory, principal)
+        stream = EventSourceStream(
+            request,
+            self._bus,
+            accounts,
+            options,
+            throttle_ms=self._settings.event_source_throttle,
+            clock=self._reactor,
+        )
+        return await stream.start()
 
     @app.route("/jmap", methods=["POST"])
     @app.route("/jmap/", methods=["POST"])
@@ -270,3 +374,105 @@ class JmapHttp:
         if len(body) <= INLINE_PARSE_LIMIT or self._threadpool is None:
             return parse_request(*arguments)
         return await deferToThreadPool(self._reactor, self._threadpool, parse_request, *arguments)
+
+    async def _account_of(self, principal, text):
+        # The principal id behind text, if principal may use that account.
+        number = account_number(text)
+        if number is None or number not in await accessible_accounts(self._directory, principal):
+            return None
+        return number
+
+    @app.route("/jmap/upload/<account>", methods=["POST"])
+    @app.route("/jmap/upload/<account>/", methods=["POST"])
+    async def upload(self, request, account):
+        if not self._is_ready():
+            return self._unavailable(request)
+        principal = await self._authenticate(request)
+        if principal is None:
+            return self._challenge(request)
+        number = await self._account_of(principal, account)
+        if number is None:
+            return self._not_found(request, "No such account.")
+        if self._blobs is None:
+            return self._no_blobs(request)
+        try:
+            size = self._check_upload_size(request)
+            work = ensureDeferred(self._store_upload(request, number, size))
+            blob_hash, size = await uncancellable(work)
+        except RequestError as error:
+            return jmap_problem(request, error)
+        except LimitReached:
+            return jmap_problem(request, RequestError(
+                LIMIT,
+                f"{self._uploads.limit} uploads to this account are already in progress",
+                status=429,
+                limit="maxConcurrentUpload",
+            ))
+        content_type = request.getHeader(b"Content-Type") or DEFAULT_BLOB_TYPE.encode()
+        request.setResponseCode(201)
+        return json_response(request, {
+            "accountId": account_id(number),
+            "blobId": blob_hash,
+            "type": content_type.decode("latin-1").strip(),
+            "size": size,
+        })
+
+    async def _store_upload(self, request, account, size):
+        # Holds the account's upload slot until the blob is stored, even if
+        # the client left before.
+        with self._uploads.slot(account):
+            data = await self._read_upload(request, size)
+            blob_hash, size, _ = await self._blobs.put_temporary(account, data)
+        return blob_hash, size
+
+    def _check_upload_size(self, request, size=None):
+        limit = self._settings.max_size_upload
+        if size is None:
+            size = max(getattr(request, "body_size", 0), _content_length(request))
+        if getattr(request, "body_too_large", False) or size > limit:
+            raise RequestError(
+                LIMIT,
+                f"the upload is {size} bytes; the server takes at most {limit}",
+                limit="maxSizeUpload",
+            )
+        return size
+
+    async def _read_upload(self, request, size):
+        # A big body sits in a temporary file: read it off the reactor.
+        if size <= INLINE_PARSE_LIMIT or self._threadpool is None:
+            data = request.content.read()
+        else:
+            data = await deferToThreadPool(self._reactor, self._threadpool, request.content.read)
+        self._check_upload_size(request, len(data))
+        return data
+
+    @app.route("/jmap/download/<account>/<blob_id>/<filename:name>", methods=["GET"])
+    async def download(self, request, account, blob_id, name):
+        if not self._is_ready():
+            return self._unavailable(request)
+        principal = await self._authenticate(request)
+        if principal is None:
+            return self._challenge(request)
+        number = await self._account_of(principal, account)
+        if number is None:
+            return self._not_found(request, "No such account.")
+        if self._blobs is None:
+            return self._no_blobs(request)
+        try:
+            data = await self._read_visible_blob(number, blob_id)
+        except BlobMissing:
+            return self._not_found(request, "No such blob in this account.")
+        request.setHeader(b"Content-Type", _download_type(request).encode("ascii"))
+        request.setHeader(b"Content-Disposition", _attachment(name).encode("ascii"))
+        request.setHeader(b"Cache-Control", DOWNLOAD_CACHE)
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return data
+
+    async def _read_visible_blob(self, account, blob_id):
+        # BlobMissing for a malformed id, a blob the account does not hold,
+        # or one whose file is gone: all the same to the client.
+        if not is_blob_hash(blob_id) or blob_id not in await self._blob_access.visible(
+            account, [blob_id]
+        ):
+            raise BlobMissing(blob_id)
+        return await self._blobs.read(blob_id)

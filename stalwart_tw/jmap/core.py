@@ -1,8 +1,62 @@
 """
-Methods of the core capability that belong to no data type: Core/echo.
+Methods of the core capability that belong to no data type: Core/echo and
+Blob/copy, and the rule that says which account may use which blob.
+
+Which blobs an account sees. A blob id is the BLAKE3 hex digest of the
+content, so knowing it proves nothing: an account sees a blob only when the
+account holds it. For now that means a C{blob_temp} row of that account (its
+own upload, or a Blob/copy into it); once mail data references blobs, those
+references will count too. Download, Blob/copy and (later) every /set that
+takes a blobId go through L{BlobAccess.visible}, so the rule lives here once.
+A blob an account cannot see is "not found", never "forbidden": the answer
+does not reveal that someone else stored the same content.
+
+Blob/copy gives the target account its own C{blob_temp} row, with the same
+lifetime a fresh upload gets, so the copy outlives the source's expiry and
+each account's uploads expire independently. Copying into an account that
+already holds the blob refreshes its expiry, as re-uploading would.
 """
 
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.python.failure import Failure
+
 from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
+from stalwart_tw.jmap.errors import ACCOUNT_NOT_FOUND, MethodError, invalid_arguments
+from stalwart_tw.jmap.session import accessible_accounts, account_id, account_number
+from stalwart_tw.logs import Logger
+from stalwart_tw.store.batch import WriteBatch
+from stalwart_tw.store.blobs import held_by, is_blob_hash
+from stalwart_tw.store.errors import BlobMissing
+
+FROM_ACCOUNT_NOT_FOUND = "fromAccountNotFound"
+REQUEST_TOO_LARGE = "requestTooLarge"
+NOT_FOUND = "notFound"
+
+_COPY_ARGUMENTS = {"fromAccountId", "accountId", "blobIds"}
+
+log = Logger()
+
+
+def uncancellable(deferred):
+    """
+    Klein cancels a handler when its client goes away; work that holds
+    blobs in flight or waits for a commit must still run to its end, or it
+    would release a blob before the row that keeps it is written.
+
+    @return: a Deferred with the result of C{deferred}, which the caller
+        may cancel without cancelling C{deferred}.
+    """
+    view = Deferred()
+
+    def forward(result):
+        if not view.called:
+            view.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("work finished after its client left, and failed", result)
+        return None
+
+    deferred.addBoth(forward)
+    return view
 
 
 def echo(context, arguments):
@@ -17,3 +71,112 @@ def register_core(registry):
     Add the core methods to a L{MethodRegistry}.
     """
     registry.register("Core/echo", CORE_CAPABILITY, echo)
+
+
+def register_blobs(registry, access):
+    """
+    Add Blob/copy, served by a L{BlobAccess}, to a L{MethodRegistry}.
+    """
+    registry.register("Blob/copy", CORE_CAPABILITY, access.copy)
+
+
+class BlobAccess:
+    """
+    Which account may use which blob, and Blob/copy.
+
+    @param blobs: the node's L{BlobStore}.
+    @param store: the L{Store} read for C{blob_temp} rows.
+    @param node: the node through which copies are committed.
+    @param directory: the L{Directory} that says which accounts a user reaches.
+    @param clock: the IReactorTime that expiry is computed from (the blob
+        store's clock, so that its purge agrees).
+    @param max_blobs: the most blob ids one Blob/copy takes (maxObjectsInSet).
+    """
+
+    def __init__(self, blobs, store, node, directory, clock, max_blobs):
+        self._blobs = blobs
+        self._store = store
+        self._node = node
+        self._directory = directory
+        self._clock = clock
+        self._max_blobs = max_blobs
+
+    def visible(self, account, blob_hashes):
+        """
+        @param account: a principal id.
+        @param blob_hashes: blob ids, each already checked by C{is_blob_hash}.
+        @return: a Deferred firing with the set of those C{account} can see.
+        """
+        if not blob_hashes:
+            return succeed(set())
+        return self._store.read(held_by, account, set(blob_hashes))
+
+    async def copy(self, context, arguments):
+        """
+        Blob/copy (RFC 8620 section 6.3).
+        """
+        from_text, to_text, blob_ids = self._check_copy_arguments(arguments)
+        accounts = await accessible_accounts(self._directory, context.principal)
+        target, source = account_number(to_text), account_number(from_text)
+        if target not in accounts:
+            raise MethodError(ACCOUNT_NOT_FOUND, f"no account {to_text!r}")
+        if source not in accounts:
+            raise MethodError(FROM_ACCOUNT_NOT_FOUND, f"no account {from_text!r}")
+        wanted = [blob_id for blob_id in dict.fromkeys(blob_ids) if is_blob_hash(blob_id)]
+        visible = await self.visible(source, wanted)
+        held = await uncancellable(ensureDeferred(self._grant_held(target, visible)))
+        not_found = {"type": NOT_FOUND, "description": "no such blob in the source account"}
+        copied = {blob_id: blob_id for blob_id in blob_ids if blob_id in held}
+        not_copied = {blob_id: dict(not_found) for blob_id in blob_ids if blob_id not in held}
+        return {
+            "fromAccountId": account_id(source),
+            "accountId": account_id(target),
+            "copied": copied or None,
+            "notCopied": not_copied or None,
+        }
+
+    def _check_copy_arguments(self, arguments):
+        unknown = set(arguments) - _COPY_ARGUMENTS
+        if unknown:
+            raise invalid_arguments(f"unknown arguments: {', '.join(sorted(unknown))}")
+        from_text, to_text = arguments.get("fromAccountId"), arguments.get("accountId")
+        blob_ids = arguments.get("blobIds")
+        if not isinstance(from_text, str) or not isinstance(to_text, str):
+            raise invalid_arguments("fromAccountId and accountId must be account ids")
+        if not isinstance(blob_ids, list) or not all(isinstance(b, str) for b in blob_ids):
+            raise invalid_arguments("blobIds must be a list of blob ids")
+        if len(blob_ids) > self._max_blobs:
+            raise MethodError(
+                REQUEST_TOO_LARGE, f"at most {self._max_blobs} blobs may be copied at once"
+            )
+        return from_text, to_text, blob_ids
+
+    async def _grant_held(self, account, blob_hashes):
+        # In flight from before the commit until after it: the source's row
+        # may expire meanwhile, and nothing else keeps the file alive.
+        held = set()
+        try:
+            for blob_hash in sorted(blob_hashes):
+                try:
+                    self._blobs.hold(blob_hash)
+                except BlobMissing:
+                    continue
+                held.add(blob_hash)
+            if held:
+                await self._node.commit(self._grant(account, held))
+        finally:
+            for blob_hash in held:
+                self._blobs.release_in_flight(blob_hash)
+        return held
+
+    def _grant(self, account, blob_hashes):
+        # The same rows, delete then insert, that BlobStore.put_temporary
+        # writes for an upload.
+        expires_at = int(self._clock.seconds()) + self._blobs.temp_ttl
+        batch = WriteBatch()
+        for blob_hash in sorted(blob_hashes):
+            batch.delete("blob_temp", account_id=account, blob_hash=blob_hash)
+            batch.insert(
+                "blob_temp", account_id=account, blob_hash=blob_hash, expires_at=expires_at
+            )
+        return batch

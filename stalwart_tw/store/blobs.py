@@ -557,3 +557,17 @@ class BlobStore(Service):
                     continue
             deleted += 1
         return deleted
+
+
+def held_by(connection, account_id, blob_hashes):
+    """
+    @return: which of C{blob_hashes} the account holds (an upload of its
+        own, or a copy it was given, that has not expired).
+    """
+    table = schema.blob_temp
+    rows = connection.execute(
+        select(table.c.blob_hash).where(
+            (table.c.account_id == account_id) & table.c.blob_hash.in_(sorted(blob_hashes))
+        )
+    )
+    return set(rows.scalars())

@@ -1,0 +1,189 @@
+"""
+JMAP Core over HTTP: python -m bench.core [seconds] [connections]
+
+Starts a node with `twistd -n stalwart` on a free loopback port, then, from
+this one client process, keeps CONNECTIONS keep-alive HTTP connections busy
+for SECONDS each round with a 16-call Core/echo request (each connection
+sends its next request as soon as the previous answer has arrived), and
+prints requests per second with p50 and p95 latency.
+
+The client is a minimal HTTP/1.1 protocol (fixed request bytes, answers
+framed by Content-Length) so that the figures measure the server rather
+than a client library.
+"""
+
+import base64
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "bench-secret"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def echo_request(port):
+    calls = [["Core/echo", {"call": n, "hello": "world"}, f"c{n}"] for n in range(16)]
+    body = json.dumps({"using": ["urn:ietf:params:jmap:core"], "methodCalls": calls}).encode()
+    token = base64.b64encode(f"admin:{SECRET}".encode()).decode()
+    head = (
+        f"POST /jmap/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Basic {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Node(protocol.ProcessProtocol):
+    """The server under test, as a child process."""
+
+    def __init__(self):
+        self.output = b""
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        if not self.ready.called and b"node ready" in self.output:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(None)
+
+
+class KeepAliveClient(protocol.Protocol):
+    """Sends one request, waits for its whole answer, sends the next."""
+
+    def __init__(self, request, latencies, deadline):
+        self._request = request
+        self._latencies = latencies
+        self._deadline = deadline
+        self._buffer = b""
+        self._sent_at = 0.0
+        self.done = defer.Deferred()
+        self.errors = 0
+
+    def connectionMade(self):
+        self._send()
+
+    def _send(self):
+        self._sent_at = time.perf_counter()
+        self.transport.write(self._request)
+
+    def dataReceived(self, data):
+        self._buffer += data
+        while True:
+            consumed = _response_length(self._buffer)
+            if consumed is None:
+                return
+            if not self._buffer.startswith(b"HTTP/1.1 200"):
+                self.errors += 1
+            self._buffer = self._buffer[consumed:]
+            now = time.perf_counter()
+            self._latencies.append(now - self._sent_at)
+            if now >= self._deadline:
+                self.transport.loseConnection()
+                return
+            self._send()
+
+    def connectionLost(self, reason):
+        self.done.callback(self.errors)
+
+
+def _response_length(buffer):
+    # Bytes of the first whole response in buffer (Content-Length or
+    # chunked framing), or None while it is incomplete.
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buffer[:end]
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    if match:
+        total = end + 4 + int(match.group(1))
+        return total if len(buffer) >= total else None
+    if not re.search(rb"transfer-encoding: *chunked", head, re.IGNORECASE):
+        return end + 4
+    position = end + 4
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            return None
+        size = int(buffer[position:line_end].split(b";")[0], 16)
+        position = line_end + 2 + size + 2
+        if len(buffer) < position:
+            return None
+        if size == 0:
+            return position
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def load(port, seconds, connections):
+    request = echo_request(port)
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    clients = []
+    for _ in range(connections):
+        client = KeepAliveClient(request, latencies, deadline)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        clients.append(client)
+    started = time.perf_counter()
+    errors = sum(await defer.gatherResults([client.done for client in clients]))
+    elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, latencies, errors
+
+
+async def run(seconds, connections):
+    port = free_port()
+    node = Node()
+    with tempfile.TemporaryDirectory() as folder:
+        arguments = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "stalwart", f"--db-path={folder}/data",
+            f"--jmap-port={port}", "--manhole-port=0", f"--admin-secret={SECRET}",
+        ]
+        process = reactor.spawnProcess(
+            node, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY),
+            path=folder,
+        )
+        try:
+            await node.ready
+            await load(port, 1, connections)  # warm-up: caches, first Argon2 check
+            rounds = [await load(port, seconds, connections) for _ in range(3)]
+            rate, latencies, errors = sorted(rounds, key=lambda r: r[0])[1]
+            print(
+                f"Core/echo x16 over keep-alive HTTP, {connections} connections: "
+                f"{rate:,.0f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
+                f"p95 {percentile(latencies, 0.95) * 1000:.2f} ms, {errors} errors "
+                f"(median of 3 rounds of {seconds} s)"
+            )
+        finally:
+            process.signalProcess("TERM")
+            await node.ended
+
+
+def main(reactor_, seconds="5", connections="4"):
+    return defer.ensureDeferred(run(float(seconds), int(connections)))
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])
