@@ -52,7 +52,9 @@ from stalwart_tw.jmap.session import (
 )
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.blobs import is_blob_hash
+from stalwart_tw.store.directory import CHANGE_TYPE
 from stalwart_tw.store.errors import BlobMissing
+from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
 PROBLEM_TYPE = "application/problem+json"
 INLINE_PARSE_LIMIT = 64 * 1024
@@ -188,11 +190,32 @@ class JmapRequest(Request):
         super().process()
 
 
+class JmapSite(Site):
+    """
+    The site of the JMAP endpoints. Its access log is a debug event of the
+    server's log (log-level=debug shows it), not a line per request at the
+    default level: at thousands of requests a second, that line is a large
+    share of the work.
+    """
+
+    access_log = Logger()
+
+    def log(self, request):
+        self.access_log.debug(
+            "{client} {method} {path} {code} {length}",
+            client=request.getClientAddress().host if request.getClientAddress() else "-",
+            method=request.method.decode("ascii", "replace"),
+            path=request.uri.decode("ascii", "replace"),
+            code=request.code,
+            length=request.sentLength,
+        )
+
+
 def make_site(http, settings):
     """
     @return: the twisted.web Site serving the app of C{http}.
     """
-    site = Site(http.resource(), requestFactory=JmapRequest)
+    site = JmapSite(http.resource(), requestFactory=JmapRequest)
     site.displayTracebacks = False
     site.cors = CorsPolicy(settings)
     site.max_body = max(settings.max_size_request, settings.max_size_upload)
@@ -243,6 +266,11 @@ class JmapHttp:
         self.methods = MethodRegistry()
         register_core(self.methods)
         self._bus = bus
+        # principal id -> (the Principal it was built for, Session document)
+        self._sessions = {}
+        self._sessions_generation = 0
+        if node is not None:
+            node.add_listener(self._forget_sessions)
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
         self._uploads = ConcurrencyLimit(settings.max_concurrent_uploads)
         self._blobs, self._blob_access = blobs, None
@@ -300,9 +328,23 @@ class JmapHttp:
         return json_response(request, await self._session(principal))
 
     async def _session(self, principal):
+        # Every API response carries the session state: building it reads
+        # the directory, so it is kept until the directory changes.
+        cached = self._sessions.get(principal.id)
+        if cached is not None and cached[0] == principal:
+            return cached[1]
+        generation = self._sessions_generation
         group_ids = await self._directory.groups_of(principal.id)
         groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
-        return session_document(self._settings, principal, [g for g in groups if g])
+        document = session_document(self._settings, principal, [g for g in groups if g])
+        if generation == self._sessions_generation:
+            self._sessions[principal.id] = (principal, document)
+        return document
+
+    def _forget_sessions(self, apply_result):
+        if CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {}):
+            self._sessions.clear()
+            self._sessions_generation += 1
 
     @app.route("/jmap/eventsource", methods=["GET"])
     @app.route("/jmap/eventsource/", methods=["GET"])
