@@ -42,6 +42,11 @@ from stalwart_tw.jmap.core import (
 )
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
+from stalwart_tw.jmap.principal import (
+    PRINCIPALS_CAPABILITY,
+    principal_id,
+    register_principals,
+)
 from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import (
@@ -266,6 +271,9 @@ class JmapHttp:
         self.methods = MethodRegistry()
         register_core(self.methods)
         self._bus = bus
+        self._principals = None
+        if store is not None:
+            self._principals = register_principals(self.methods, directory, store, settings)
         # principal id -> (the Principal it was built for, Session document)
         self._sessions = {}
         self._sessions_generation = 0
@@ -336,7 +344,14 @@ class JmapHttp:
         generation = self._sessions_generation
         group_ids = await self._directory.groups_of(principal.id)
         groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
-        document = session_document(self._settings, principal, [g for g in groups if g])
+        capabilities = {}
+        if self._principals is not None:
+            capabilities[PRINCIPALS_CAPABILITY] = (
+                {}, {"currentUserPrincipalId": principal_id(principal.id)}
+            )
+        document = session_document(
+            self._settings, principal, [g for g in groups if g], capabilities
+        )
         if generation == self._sessions_generation:
             self._sessions[principal.id] = (principal, document)
         return document
@@ -381,7 +396,8 @@ class JmapHttp:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
                 state = (await self._session(principal))["state"]
-                response = await run_request(self.methods, parsed, principal, state)
+                accounts = [account_number(a) for a in (await self._session(principal))["accounts"]]
+                response = await run_request(self.methods, parsed, principal, state, accounts)
         except RequestError as error:
             return jmap_problem(request, error)
         except LimitReached:

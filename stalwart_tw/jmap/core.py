@@ -21,16 +21,19 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
-from stalwart_tw.jmap.errors import ACCOUNT_NOT_FOUND, MethodError, invalid_arguments
+from stalwart_tw.jmap.errors import (
+    ACCOUNT_NOT_FOUND,
+    FROM_ACCOUNT_NOT_FOUND,
+    NOT_FOUND,
+    REQUEST_TOO_LARGE,
+    MethodError,
+    invalid_arguments,
+)
 from stalwart_tw.jmap.session import accessible_accounts, account_id, account_number
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.blobs import held_by, is_blob_hash
 from stalwart_tw.store.errors import BlobMissing
-
-FROM_ACCOUNT_NOT_FOUND = "fromAccountNotFound"
-REQUEST_TOO_LARGE = "requestTooLarge"
-NOT_FOUND = "notFound"
 
 _COPY_ARGUMENTS = {"fromAccountId", "accountId", "blobIds"}
 

@@ -32,11 +32,13 @@ class CallContext:
     @ivar principal: who is calling.
     @ivar using: the capabilities the request declared.
     @ivar created_ids: creation id -> id, shared by all calls of the request.
+    @ivar accounts: the principal ids of the accounts the caller may use.
     """
 
     principal: object
     using: tuple
     created_ids: dict = field(default_factory=dict)
+    accounts: tuple = ()
 
 
 @dataclass
@@ -74,13 +76,16 @@ class MethodRegistry:
         return {method.capability for method in self._methods.values()}
 
 
-async def run_request(registry, request, principal, session_state):
+async def run_request(registry, request, principal, session_state, accounts=()):
     """
     Run every method call of C{request} in order.
 
+    @param accounts: the principal ids of the accounts the caller may use.
     @return: the Response object, ready to encode as JSON.
     """
-    context = CallContext(principal, request.using, dict(request.created_ids or {}))
+    context = CallContext(
+        principal, request.using, dict(request.created_ids or {}), tuple(accounts)
+    )
     responses = []
     for call in request.calls:
         responses.extend(await _run_call(registry, context, call, responses))

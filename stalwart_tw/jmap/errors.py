@@ -24,6 +24,14 @@ ACCOUNT_NOT_FOUND = "accountNotFound"
 ACCOUNT_NOT_SUPPORTED_BY_METHOD = "accountNotSupportedByMethod"
 ACCOUNT_READ_ONLY = "accountReadOnly"
 
+# Errors of particular standard methods.
+REQUEST_TOO_LARGE = "requestTooLarge"
+CANNOT_CALCULATE_CHANGES = "cannotCalculateChanges"
+FROM_ACCOUNT_NOT_FOUND = "fromAccountNotFound"
+
+# SetError types.
+NOT_FOUND = "notFound"
+
 
 class RequestError(Exception):
     """

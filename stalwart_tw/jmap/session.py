@@ -56,28 +56,36 @@ def core_capability(settings):
     }
 
 
-def _account(principal, personal):
+def _account(principal, personal, account_capabilities):
     return {
         "name": principal.email or principal.name,
         "isPersonal": personal,
         "isReadOnly": False,
-        "accountCapabilities": {},
+        "accountCapabilities": dict(account_capabilities),
     }
 
 
-def session_document(settings, principal, groups=()):
+def session_document(settings, principal, groups=(), capabilities=None):
     """
     @param groups: the group principals whose accounts C{principal} shares.
+    @param capabilities: capability URI -> (its Session object, its object
+        on each account), for the capabilities beyond core.
     @return: the Session object for C{principal}.
     """
     base = settings.jmap_url
-    accounts = {account_id(principal.id): _account(principal, True)}
+    capabilities = capabilities or {}
+    per_account = {uri: account_object for uri, (_, account_object) in capabilities.items()}
+    own = account_id(principal.id)
+    accounts = {own: _account(principal, True, per_account)}
     for group in groups:
-        accounts[account_id(group.id)] = _account(group, False)
+        accounts[account_id(group.id)] = _account(group, False, per_account)
     document = {
-        "capabilities": {CORE_CAPABILITY: core_capability(settings)},
+        "capabilities": {
+            CORE_CAPABILITY: core_capability(settings),
+            **{uri: session_object for uri, (session_object, _) in capabilities.items()},
+        },
         "accounts": accounts,
-        "primaryAccounts": {},
+        "primaryAccounts": {uri: own for uri in capabilities},
         "username": principal.name,
         "apiUrl": f"{base}/jmap/",
         "downloadUrl": f"{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}",

@@ -1,0 +1,286 @@
+"""
+Principal/get and Principal/changes over real HTTP: the standard /get and
+/changes machinery proven on the directory.
+"""
+
+import json
+from base64 import b64encode
+
+from treq.client import HTTPClient
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from stalwart_tw.jmap.principal import principal_id
+from stalwart_tw.jmap.session import account_id
+from stalwart_tw.service import NodeService
+from tests.support import cheap_hasher
+from tests.test_service import node_settings
+
+USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:principals"]
+
+
+def credentials(login, password):
+    return {b"Authorization": [b"Basic " + b64encode(f"{login}:{password}".encode())],
+            b"Content-Type": [b"application/json"]}
+
+
+class PrincipalTestCase(TestCase):
+    settings_overrides = {}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        service = self.service = NodeService(node_settings(self, **self.settings_overrides))
+        service.directory._hasher = cheap_hasher()
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service._starting
+        directory = service.directory
+        self.admin = yield directory.get("admin")
+        yield directory.create_principal("domain", "example.org")
+        self.jane = yield directory.create_principal(
+            "individual", "jane", secret="jane-pw", email="jane@example.org"
+        )
+        self.bob = yield directory.create_principal("individual", "bob", secret="bob-pw")
+        self.sales = yield directory.create_principal("group", "sales", members=["jane"])
+        port = service.ports["JMAP"].getHost().port
+        self.url = f"http://127.0.0.1:{port}/jmap/"
+        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+    @defer.inlineCallbacks
+    def call(self, who, calls, using=USING):
+        login, password = who
+        response = yield self.http.post(
+            self.url,
+            data=json.dumps({"using": using, "methodCalls": calls}).encode(),
+            headers=credentials(login, password),
+        )
+        self.assertEqual(response.code, 200)
+        return (yield response.json())["methodResponses"]
+
+    @defer.inlineCallbacks
+    def one(self, who, name, arguments, using=USING):
+        responses = yield self.call(who, [[name, arguments, "c"]], using)
+        return responses[0]
+
+    as_admin = ("admin", "service-secret")
+    as_jane = ("jane", "jane-pw")
+
+
+class PrincipalGetTests(PrincipalTestCase):
+    """
+    Principal/get: visibility, properties, limits and errors.
+    """
+
+    @defer.inlineCallbacks
+    def test_admin_sees_everyone(self):
+        """With ids null the admin gets every principal, and a state."""
+        name, result, call_id = yield self.one(
+            self.as_admin, "Principal/get", {"accountId": account_id(self.admin.id), "ids": None}
+        )
+        self.assertEqual((name, call_id), ("Principal/get", "c"))
+        names = sorted(p["name"] for p in result["list"])
+        self.assertEqual(names, ["admin", "bob", "example.org", "jane", "sales"])
+        self.assertEqual(result["notFound"], [])
+        self.assertTrue(result["state"])
+
+    @defer.inlineCallbacks
+    def test_user_sees_self_and_groups(self):
+        """A user sees themselves and their groups; anyone else is notFound."""
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account_id(self.jane.id),
+            "ids": [principal_id(self.jane.id), principal_id(self.sales.id),
+                    principal_id(self.bob.id), "p-nonsense"],
+        })
+        self.assertEqual({p["name"] for p in result["list"]}, {"jane", "sales"})
+        self.assertEqual(result["notFound"], [principal_id(self.bob.id), "p-nonsense"])
+
+    @defer.inlineCallbacks
+    def test_object_shape(self):
+        """A principal carries its type, addresses and members, never a secret."""
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account_id(self.jane.id),
+            "ids": [principal_id(self.sales.id), principal_id(self.jane.id)],
+        })
+        by_name = {p["name"]: p for p in result["list"]}
+        self.assertEqual(by_name["sales"]["type"], "group")
+        self.assertEqual(by_name["sales"]["members"], [principal_id(self.jane.id)])
+        self.assertEqual(by_name["jane"]["email"], "jane@example.org")
+        for principal in result["list"]:
+            self.assertNotIn("secret", principal)
+
+    @defer.inlineCallbacks
+    def test_properties(self):
+        """Only the properties asked for come back, id always; an unknown one is refused."""
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account_id(self.jane.id), "ids": [principal_id(self.jane.id)],
+            "properties": ["name"],
+        })
+        self.assertEqual(result["list"], [{"id": principal_id(self.jane.id), "name": "jane"}])
+        name, error, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account_id(self.jane.id), "properties": ["password"],
+        })
+        self.assertEqual((name, error["type"]), ("error", "invalidArguments"))
+
+    @defer.inlineCallbacks
+    def test_duplicate_ids_once(self):
+        """An id asked for twice is answered once."""
+        jane = principal_id(self.jane.id)
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account_id(self.jane.id), "ids": [jane, jane],
+        })
+        self.assertEqual([p["id"] for p in result["list"]], [jane])
+
+    @defer.inlineCallbacks
+    def test_account_errors(self):
+        """Another user's account or garbage is accountNotFound; a missing one invalidArguments."""
+        for account in (account_id(self.bob.id), "a-x", "zzz"):
+            _, error, _ = yield self.one(self.as_jane, "Principal/get", {"accountId": account})
+            self.assertEqual(error["type"], "accountNotFound", account)
+        _, error, _ = yield self.one(self.as_jane, "Principal/get", {"ids": None})
+        self.assertEqual(error["type"], "invalidArguments")
+
+    @defer.inlineCallbacks
+    def test_wrong_argument_types(self):
+        """Wrong types and unknown arguments are invalidArguments."""
+        account = account_id(self.jane.id)
+        for arguments in ({"accountId": account, "ids": "x"},
+                          {"accountId": account, "ids": [1]},
+                          {"accountId": account, "properties": "name"},
+                          {"accountId": account, "colour": "red"},
+                          {"accountId": 7}):
+            _, error, _ = yield self.one(self.as_jane, "Principal/get", arguments)
+            self.assertEqual(error["type"], "invalidArguments", arguments)
+
+    @defer.inlineCallbacks
+    def test_capability_required(self):
+        """Without the principals capability in using, Principal/get is unknownMethod."""
+        _, error, _ = yield self.one(
+            self.as_jane, "Principal/get", {"accountId": account_id(self.jane.id)},
+            using=["urn:ietf:params:jmap:core"],
+        )
+        self.assertEqual(error["type"], "unknownMethod")
+
+
+class PrincipalGetLimitTests(PrincipalTestCase):
+    """
+    maxObjectsInGet bounds /get, whether ids are given or null.
+    """
+
+    settings_overrides = {"max-objects-in-get": "3"}
+
+    @defer.inlineCallbacks
+    def test_too_many_ids(self):
+        """More ids than the limit is requestTooLarge."""
+        ids = [principal_id(n) for n in range(1, 5)]
+        _, error, _ = yield self.one(self.as_admin, "Principal/get", {
+            "accountId": account_id(self.admin.id), "ids": ids})
+        self.assertEqual(error["type"], "requestTooLarge")
+
+    @defer.inlineCallbacks
+    def test_null_ids_over_the_limit(self):
+        """ids null when there are more objects than the limit is requestTooLarge."""
+        _, error, _ = yield self.one(self.as_admin, "Principal/get", {
+            "accountId": account_id(self.admin.id), "ids": None})
+        self.assertEqual(error["type"], "requestTooLarge")
+
+
+class PrincipalChangesTests(PrincipalTestCase):
+    """
+    Principal/changes follows the directory's change log.
+    """
+
+    @defer.inlineCallbacks
+    def state(self, who=PrincipalTestCase.as_admin, account=None):
+        account = account or account_id(self.admin.id)
+        _, result, _ = yield self.one(who, "Principal/get", {"accountId": account, "ids": []})
+        return result["state"]
+
+    @defer.inlineCallbacks
+    def test_created_and_new_state(self):
+        """A new principal shows as created; newState equals the next /get state."""
+        before = yield self.state()
+        carol = yield self.service.directory.create_principal("individual", "carol")
+        _, result, _ = yield self.one(self.as_admin, "Principal/changes", {
+            "accountId": account_id(self.admin.id), "sinceState": before})
+        self.assertEqual(result["oldState"], before)
+        self.assertEqual(result["created"], [principal_id(carol.id)])
+        self.assertEqual((result["updated"], result["destroyed"]), ([], []))
+        self.assertFalse(result["hasMoreChanges"])
+        self.assertEqual(result["newState"], (yield self.state()))
+
+    @defer.inlineCallbacks
+    def test_max_changes_pages(self):
+        """maxChanges 1 over two changes gives one id and hasMoreChanges, then the rest."""
+        before = yield self.state()
+        yield self.service.directory.create_principal("individual", "carol")
+        yield self.service.directory.create_principal("individual", "dave")
+        arguments = {"accountId": account_id(self.admin.id), "sinceState": before,
+                     "maxChanges": 1}
+        _, first, _ = yield self.one(self.as_admin, "Principal/changes", arguments)
+        self.assertEqual(len(first["created"]), 1)
+        self.assertTrue(first["hasMoreChanges"])
+        arguments["sinceState"] = first["newState"]
+        _, second, _ = yield self.one(self.as_admin, "Principal/changes", arguments)
+        self.assertEqual(len(second["created"]), 1)
+        self.assertFalse(second["hasMoreChanges"])
+
+    @defer.inlineCallbacks
+    def test_user_sees_only_visible_changes(self):
+        """A user is not told of principals they cannot see."""
+        before = yield self.state(self.as_jane, account_id(self.jane.id))
+        yield self.service.directory.create_principal("individual", "carol")
+        yield self.service.directory.update("jane", description="Jane D.")
+        _, result, _ = yield self.one(self.as_jane, "Principal/changes", {
+            "accountId": account_id(self.jane.id), "sinceState": before})
+        self.assertEqual(result["created"], [])
+        self.assertEqual(result["updated"], [principal_id(self.jane.id)])
+
+    @defer.inlineCallbacks
+    def test_bad_arguments(self):
+        """A foreign state is cannotCalculateChanges; maxChanges 0 is invalidArguments."""
+        account = account_id(self.admin.id)
+        _, error, _ = yield self.one(self.as_admin, "Principal/changes", {
+            "accountId": account, "sinceState": "not-a-state"})
+        self.assertEqual(error["type"], "cannotCalculateChanges")
+        _, error, _ = yield self.one(self.as_admin, "Principal/changes", {
+            "accountId": account, "sinceState": (yield self.state()), "maxChanges": 0})
+        self.assertEqual(error["type"], "invalidArguments")
+        _, error, _ = yield self.one(self.as_admin, "Principal/changes", {"accountId": account})
+        self.assertEqual(error["type"], "invalidArguments")
+
+    @defer.inlineCallbacks
+    def test_changes_then_get_by_reference(self):
+        """Principal/get can take its ids from Principal/changes in the same request."""
+        before = yield self.state()
+        carol = yield self.service.directory.create_principal("individual", "carol")
+        account = account_id(self.admin.id)
+        responses = yield self.call(self.as_admin, [
+            ["Principal/changes", {"accountId": account, "sinceState": before}, "c0"],
+            ["Principal/get", {"accountId": account, "#ids": {
+                "resultOf": "c0", "name": "Principal/changes", "path": "/created"}}, "c1"],
+        ])
+        self.assertEqual([p["name"] for p in responses[1][1]["list"]], ["carol"])
+        self.assertEqual(responses[1][1]["list"][0]["id"], principal_id(carol.id))
+
+
+class SessionPrincipalsTests(PrincipalTestCase):
+    """
+    The Session advertises the principals capability.
+    """
+
+    @defer.inlineCallbacks
+    def test_capability_in_session(self):
+        """The capability is listed, primary on the user's account, with their principal id."""
+        response = yield self.http.get(
+            self.url + "session", headers=credentials("jane", "jane-pw"))
+        session = yield response.json()
+        capability = "urn:ietf:params:jmap:principals"
+        self.assertIn(capability, session["capabilities"])
+        own = account_id(self.jane.id)
+        self.assertEqual(session["primaryAccounts"][capability], own)
+        self.assertEqual(
+            session["accounts"][own]["accountCapabilities"][capability],
+            {"currentUserPrincipalId": principal_id(self.jane.id)},
+        )
