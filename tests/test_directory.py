@@ -939,3 +939,49 @@ class GroupsOfTests(DirectoryTestCase):
         )
         self.assertEqual((yield self.directory.groups_of(jane.id)), [sales.id])
         self.assertEqual((yield self.directory.groups_of(sales.id)), [])
+
+
+class ReplaceTests(DirectoryTestCase):
+    """
+    Several changes to one principal commit as one batch.
+    """
+
+    @inlineCallbacks
+    def test_alias_promoted_to_primary(self):
+        """An alias becomes the primary and the old primary an alias, in one write."""
+        yield self.directory.create_principal("domain", "example.org")
+        yield self.directory.create_principal(
+            "individual", "jane", secret="pw", email="jane@example.org",
+            aliases=["j@example.org"],
+        )
+        before = yield self.modseq()
+        jane = yield self.directory.replace(
+            "jane", addresses=("j@example.org", ["jane@example.org"])
+        )
+        self.assertEqual((jane.email, jane.aliases), ("j@example.org", ("jane@example.org",)))
+        self.assertEqual((yield self.modseq()), before + 1)
+
+    @inlineCallbacks
+    def test_all_or_nothing(self):
+        """When one part is refused, none of the others is applied."""
+        yield self.directory.create_principal("domain", "example.org")
+        yield self.directory.create_principal("individual", "bob", email="bob@example.org")
+        yield self.directory.create_principal("group", "sales")
+        failure = self.directory.replace(
+            "sales", changes={"description": "Sales"}, members=["bob", "nobody"]
+        )
+        yield self.assertFailure(failure, PrincipalNotFound)
+        failure = self.directory.replace(
+            "sales", changes={"description": "Sales"}, addresses=("bob@example.org", [])
+        )
+        yield self.assertFailure(failure, AddressInUse)
+        sales = yield self.directory.get("sales")
+        self.assertEqual((sales.description, sales.members, sales.email), (None, (), None))
+
+    @inlineCallbacks
+    def test_rename_with_members(self):
+        """Members and a new name are set together."""
+        yield self.directory.create_principal("individual", "bob")
+        yield self.directory.create_principal("group", "sales")
+        group = yield self.directory.replace("sales", changes={"name": "team"}, members=["bob"])
+        self.assertEqual((group.name, group.members), ("team", ("bob",)))

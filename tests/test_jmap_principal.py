@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from stalwart_tw.jmap.principal import principal_id
+from stalwart_tw.jmap.principal import principal_id, principal_number
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.service import NodeService
 from tests.support import cheap_hasher
@@ -284,3 +284,150 @@ class SessionPrincipalsTests(PrincipalTestCase):
             session["accounts"][own]["accountCapabilities"][capability],
             {"currentUserPrincipalId": principal_id(self.jane.id)},
         )
+
+
+class PrincipalSetTests(PrincipalTestCase):
+    """
+    Principal/set: the admin creates, updates and destroys principals.
+    """
+
+    def set_call(self, arguments, who=PrincipalTestCase.as_admin):
+        arguments = {"accountId": account_id(self.admin.id), **arguments}
+        return self.one(who, "Principal/set", arguments)
+
+    @defer.inlineCallbacks
+    def test_create_with_creation_reference(self):
+        """A group created in the same /set can name a new member by creation id."""
+        name, result, _ = yield self.set_call({"create": {
+            "k1": {"type": "individual", "name": "carol", "secret": "carol-pw"},
+            "k2": {"type": "group", "name": "ops", "members": ["#k1"]},
+        }})
+        self.assertEqual(name, "Principal/set")
+        self.assertIsNone(result["notCreated"])
+        carol, ops = result["created"]["k1"]["id"], result["created"]["k2"]["id"]
+        _, got, _ = yield self.one(self.as_admin, "Principal/get", {
+            "accountId": account_id(self.admin.id), "ids": [ops]})
+        self.assertEqual(got["list"][0]["members"], [carol])
+        self.assertNotEqual(result["oldState"], result["newState"])
+
+    @defer.inlineCallbacks
+    def test_created_individual_has_an_account(self):
+        """A created individual can log in and finds its own account in the Session."""
+        _, result, _ = yield self.set_call({"create": {
+            "k1": {"type": "individual", "name": "carol", "secret": "carol-pw"}}})
+        number = principal_number(result["created"]["k1"]["id"])
+        response = yield self.http.get(self.url + "session", headers=credentials("carol", "carol-pw"))
+        self.assertEqual(response.code, 200)
+        self.assertIn(account_id(number), (yield response.json())["accounts"])
+
+    @defer.inlineCallbacks
+    def test_update_and_idempotent_update(self):
+        """An update applies; setting values to what they are succeeds and changes nothing."""
+        jane = principal_id(self.jane.id)
+        _, result, _ = yield self.set_call({"update": {jane: {"description": "Jane D."}}})
+        self.assertEqual(result["updated"], {jane: None})
+        state = result["newState"]
+        _, result, _ = yield self.set_call({"update": {jane: {"description": "Jane D.",
+                                                              "name": "jane"}}})
+        self.assertEqual(result["updated"], {jane: None})
+        self.assertEqual(result["newState"], state)
+
+    @defer.inlineCallbacks
+    def test_alias_promotion_in_one_update(self):
+        """Swapping the primary address with an alias is one accepted update."""
+        jane = principal_id(self.jane.id)
+        yield self.set_call({"update": {jane: {"aliases": ["j@example.org"]}}})
+        _, result, _ = yield self.set_call({"update": {jane: {
+            "email": "j@example.org", "aliases": ["jane@example.org"]}}})
+        self.assertIsNone(result["notUpdated"])
+        fresh = yield self.service.directory.get("jane")
+        self.assertEqual((fresh.email, fresh.aliases), ("j@example.org", ("jane@example.org",)))
+
+    @defer.inlineCallbacks
+    def test_refused_updates(self):
+        """Server-set properties, unknown ids, patches into arrays and unknown properties are refused."""
+        jane = principal_id(self.jane.id)
+        _, result, _ = yield self.set_call({"update": {
+            jane: {"type": "group"},
+            principal_id(9999): {"description": "x"},
+            principal_id(self.sales.id): {"members/0": "x"},
+            principal_id(self.bob.id): {"colour": "red"},
+        }})
+        errors = result["notUpdated"]
+        self.assertEqual(errors[jane]["type"], "invalidProperties")
+        self.assertEqual(errors[jane]["properties"], ["type"])
+        self.assertEqual(errors[principal_id(9999)]["type"], "notFound")
+        self.assertEqual(errors[principal_id(self.sales.id)]["type"], "invalidPatch")
+        self.assertEqual(errors[principal_id(self.bob.id)]["type"], "invalidProperties")
+
+    @defer.inlineCallbacks
+    def test_duplicate_name(self):
+        """Creating a principal with a name in use is invalidProperties on name."""
+        _, result, _ = yield self.set_call({"create": {"k": {"type": "individual",
+                                                             "name": "bob"}}})
+        self.assertEqual(result["notCreated"]["k"]["type"], "invalidProperties")
+        self.assertEqual(result["notCreated"]["k"]["properties"], ["name"])
+
+    @defer.inlineCallbacks
+    def test_destroy(self):
+        """Destroying removes the principal; the admin cannot be destroyed; update+destroy is willDestroy."""
+        bob = principal_id(self.bob.id)
+        admin = principal_id(self.admin.id)
+        _, result, _ = yield self.set_call({
+            "update": {bob: {"description": "leaving"}}, "destroy": [bob, admin]})
+        self.assertEqual(result["destroyed"], [bob])
+        self.assertEqual(result["notUpdated"][bob]["type"], "willDestroy")
+        self.assertEqual(result["notDestroyed"][admin]["type"], "forbidden")
+        self.assertIsNone((yield self.service.directory.get("bob")))
+
+    @defer.inlineCallbacks
+    def test_if_in_state(self):
+        """A stale ifInState is stateMismatch and nothing is written."""
+        _, result, _ = yield self.set_call({"ifInState": "0", "create": {
+            "k": {"type": "individual", "name": "carol"}}})
+        self.assertEqual(result["type"], "stateMismatch")
+        self.assertIsNone((yield self.service.directory.get("carol")))
+
+    @defer.inlineCallbacks
+    def test_only_admin(self):
+        """Anyone but the admin gets forbidden."""
+        _, result, _ = yield self.one(self.as_jane, "Principal/set", {
+            "accountId": account_id(self.jane.id),
+            "update": {principal_id(self.jane.id): {"description": "me"}}})
+        self.assertEqual(result["type"], "forbidden")
+
+    @defer.inlineCallbacks
+    def test_bad_arguments(self):
+        """Wrong argument types are invalidArguments."""
+        for arguments in ({"create": []}, {"update": {"x": 1}}, {"destroy": "x"},
+                          {"destroy": [1]}):
+            _, result, _ = yield self.set_call(arguments)
+            self.assertEqual(result["type"], "invalidArguments", arguments)
+
+    @defer.inlineCallbacks
+    def test_created_ids_in_response(self):
+        """createdIds given in the request come back with the new creation ids."""
+        response = yield self.http.post(self.url, headers=credentials("admin", "service-secret"),
+                                        data=json.dumps({
+            "using": USING, "createdIds": {},
+            "methodCalls": [["Principal/set", {"accountId": account_id(self.admin.id), "create": {
+                "k1": {"type": "individual", "name": "carol"}}}, "c"]]}).encode())
+        document = yield response.json()
+        created = document["methodResponses"][0][1]["created"]["k1"]["id"]
+        self.assertEqual(document["createdIds"], {"k1": created})
+
+
+class PrincipalSetLimitTests(PrincipalTestCase):
+    """
+    maxObjectsInSet bounds /set.
+    """
+
+    settings_overrides = {"max-objects-in-set": "2"}
+
+    @defer.inlineCallbacks
+    def test_too_many(self):
+        """More changes than maxObjectsInSet is requestTooLarge."""
+        _, result, _ = yield self.one(self.as_admin, "Principal/set", {
+            "accountId": account_id(self.admin.id),
+            "destroy": [principal_id(n) for n in range(100, 103)]})
+        self.assertEqual(result["type"], "requestTooLarge")

@@ -1,6 +1,6 @@
 """
-The standard methods shared by every data type (RFC 8620 section 5): /get
-and /changes so far.
+The standard methods shared by every data type (RFC 8620 section 5): /get,
+/changes and /set (/query and /queryChanges are in query.py).
 
 A data type describes itself with a L{DataType} (its name, properties, and
 how to read its objects, its state and its changes); the functions here do
@@ -178,3 +178,197 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
         "updated": changes.updated,
         "destroyed": changes.destroyed,
     }
+
+
+SET_ARGUMENTS = frozenset({"accountId", "ifInState", "create", "update", "destroy"})
+STATE_MISMATCH = "stateMismatch"
+
+
+class SetError(Exception):
+    """
+    One create, update or destroy of a /set failed; the others go on.
+
+    @ivar type: the SetError type (C{invalidProperties}, C{notFound}...).
+    @ivar properties: for C{invalidProperties}, the properties at fault.
+    """
+
+    def __init__(self, type, description=None, properties=None):
+        super().__init__(description or type)
+        self.type = type
+        self.description = description
+        self.properties = properties
+
+    def as_json(self):
+        error = {"type": self.type}
+        if self.description is not None:
+            error["description"] = self.description
+        if self.properties is not None:
+            error["properties"] = list(self.properties)
+        return error
+
+
+class WritableType(DataType):
+    """
+    A data type with /set. Its methods raise L{SetError} for a refused
+    object; each call is one atomic change.
+    """
+
+    @abstractmethod
+    async def create(self, context, account, properties):
+        """
+        @return: the new object's server-set properties, C{id} included.
+        """
+
+    @abstractmethod
+    async def update(self, context, account, object_id, current, patched):
+        """
+        @param current: the object before, as /get shows it.
+        @param patched: the object with the client's patch applied.
+        @return: server-set properties that changed, or C{None}.
+        """
+
+    @abstractmethod
+    async def destroy(self, context, account, object_id):
+        """
+        Destroy one object.
+        """
+
+
+def apply_patch(current, patch):
+    """
+    Apply a PatchObject (RFC 8620 section 5.3) to a copy of C{current}.
+
+    @raise SetError: C{invalidPatch} for a pointer into an array, through a
+        missing member, or overlapping another pointer of the patch.
+    """
+    if not isinstance(patch, dict):
+        raise SetError("invalidPatch", "a patch must be an object")
+    paths = sorted(patch)
+    for shorter, longer in zip(paths, paths[1:]):
+        if longer.startswith(shorter + "/"):
+            raise SetError("invalidPatch", f"{shorter!r} and {longer!r} overlap")
+    patched = _copy(current)
+    for path, value in patch.items():
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in path.split("/")]
+        parent = patched
+        for token in tokens[:-1]:
+            if not isinstance(parent, dict) or not isinstance(parent.get(token), dict):
+                raise SetError("invalidPatch", f"{path!r} goes through something that is no object")
+            parent = parent[token]
+        if not isinstance(parent, dict):
+            raise SetError("invalidPatch", f"{path!r} points inside an array")
+        if value is None:
+            parent.pop(tokens[-1], None)
+        else:
+            parent[tokens[-1]] = value
+    return patched
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+def resolve_id(context, value):
+    """
+    @return: the id a C{#creationId} reference stands for, or C{value}.
+    @raise SetError: C{notFound} for a creation id not created in this request.
+    """
+    if isinstance(value, str) and value.startswith("#"):
+        real = context.created_ids.get(value[1:])
+        if real is None:
+            raise SetError("notFound", f"no object was created as {value[1:]!r}")
+        return real
+    return value
+
+
+def _map_or_null(arguments, name, value_check, what):
+    value = arguments.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(value_check(v) for v in value.values()):
+        raise invalid_arguments(f"{name!r} must be null or a map of ids to {what}")
+    return value
+
+
+async def standard_set(datatype, max_objects, context, arguments):
+    """
+    The /set method: creates, then updates, then destroys, each object on
+    its own, refused ones reported as SetErrors.
+    """
+    check_arguments(arguments, SET_ARGUMENTS)
+    account = require_account(context, arguments)
+    creates = _map_or_null(arguments, "create", lambda v: isinstance(v, dict), "objects")
+    updates = _map_or_null(arguments, "update", lambda v: isinstance(v, dict), "patches")
+    destroys = arguments.get("destroy")
+    if destroys is None:
+        destroys = []
+    elif not isinstance(destroys, list) or not all(isinstance(i, str) for i in destroys):
+        raise invalid_arguments("'destroy' must be null or an array of ids")
+    count = len(creates) + len(updates) + len(destroys)
+    if count > max_objects:
+        raise MethodError(REQUEST_TOO_LARGE, f"{count} changes; at most {max_objects} per /set")
+    old_state = encode_state(await datatype.modseq(context, account))
+    if_in_state = arguments.get("ifInState")
+    if if_in_state is not None and if_in_state != old_state:
+        raise MethodError(STATE_MISMATCH, "the state is no longer the one given in ifInState")
+    response = {"accountId": account_id(account), "oldState": old_state}
+    response.update(await _set_creates(datatype, context, account, creates))
+    destroying = {_maybe_resolved(context, object_id) for object_id in destroys}
+    response.update(await _set_updates(datatype, context, account, updates, destroying))
+    response.update(await _set_destroys(datatype, context, account, destroys))
+    response["newState"] = encode_state(await datatype.modseq(context, account))
+    return response
+
+
+def _maybe_resolved(context, object_id):
+    try:
+        return resolve_id(context, object_id)
+    except SetError:
+        return object_id
+
+
+async def _set_creates(datatype, context, account, creates):
+    created, refused = {}, {}
+    for creation_id, properties in creates.items():
+        try:
+            created[creation_id] = await datatype.create(context, account, properties)
+        except SetError as error:
+            refused[creation_id] = error.as_json()
+        else:
+            context.created_ids[creation_id] = created[creation_id]["id"]
+    return {"created": created or None, "notCreated": refused or None}
+
+
+async def _set_updates(datatype, context, account, updates, destroying):
+    updated, refused = {}, {}
+    for given_id, patch in updates.items():
+        try:
+            object_id = resolve_id(context, given_id)
+            if object_id in destroying:
+                raise SetError("willDestroy", "the same request destroys it")
+            current = (await datatype.read(context, account, [object_id])).get(object_id)
+            if current is None:
+                raise SetError("notFound", f"no {datatype.name} {object_id!r}")
+            patched = apply_patch(current, patch)
+            updated[given_id] = await datatype.update(context, account, object_id, current, patched)
+        except SetError as error:
+            refused[given_id] = error.as_json()
+    return {"updated": updated or None, "notUpdated": refused or None}
+
+
+async def _set_destroys(datatype, context, account, destroys):
+    destroyed, refused = [], {}
+    for given_id in destroys:
+        try:
+            object_id = resolve_id(context, given_id)
+            if not (await datatype.read(context, account, [object_id])):
+                raise SetError("notFound", f"no {datatype.name} {object_id!r}")
+            await datatype.destroy(context, account, object_id)
+            destroyed.append(object_id)
+        except SetError as error:
+            refused[given_id] = error.as_json()
+    return {"destroyed": destroyed or None, "notDestroyed": refused or None}

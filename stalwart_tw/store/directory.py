@@ -79,6 +79,7 @@ from stalwart_tw.store.principal_changes import (
     _build_delete,
     _build_remove_alias,
     _build_remove_member,
+    _build_replace,
     _build_update,
     _check_address,
     _check_changes,
@@ -343,6 +344,37 @@ class Directory:
             "directory: updated {name!r} ({fields})", name=name,
             fields=", ".join(sorted(field.replace("_hash", "") for field in changes)),
         )
+        return principal
+
+    @inlineCallbacks
+    def replace(self, name, /, changes=None, addresses=None, members=None):
+        """
+        Change a principal as one atomic write: the fields C{update} takes
+        (but C{email}), its whole set of addresses, and its whole
+        membership.
+
+        @param addresses: C{(primary address or None, aliases)}, or None to
+            leave them.
+        @param members: the names of all its members, or None to leave them.
+        @return: a Deferred firing with the updated L{Principal}.
+        """
+        name = _lookup_name(name)
+        changes = _check_changes(dict(changes)) if changes else {}
+        if "email" in changes:
+            raise InvalidPrincipal("give the primary address in addresses, not in changes")
+        if addresses is not None:
+            email, aliases = addresses
+            addresses = (
+                None if email is None else _check_address(email)[0],
+                [_check_address(alias)[0] for alias in aliases],
+            )
+        if members is not None:
+            members = [_lookup_name(member) for member in members]
+        if "secret" in changes:
+            secret = changes.pop("secret")
+            changes["secret_hash"] = (yield self._hash(secret)) if secret is not None else None
+        principal = yield self._write(_build_replace, name, changes, addresses, members)
+        self.log.info("directory: changed {name!r}", name=name)
         return principal
 
     @inlineCallbacks

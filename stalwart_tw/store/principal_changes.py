@@ -532,3 +532,62 @@ def _build_remove_member(connection, batch, group_name, member_name):
     batch.delete("principal_members", group_id=group.id, member_id=member.id)
     _log(batch, group.id, "updated")
     return group.id
+
+
+def _build_set_addresses(connection, batch, name, email, aliases):
+    """
+    Make C{email} (or none) and C{aliases} the principal's whole set of
+    addresses: one of its aliases may become the primary and the other way
+    round, in one batch.
+    """
+    row = _require(connection, name)
+    wanted = ([(email, False)] if email is not None else []) + [(a, True) for a in aliases]
+    addresses = [address for address, _ in wanted]
+    if len(set(addresses)) != len(addresses):
+        raise InvalidPrincipal(f"an address of {row.name!r} is given twice")
+    if row.kind == DOMAIN and wanted:
+        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+    e = schema.principal_emails
+    current = set(
+        connection.execute(select(e.c.address).where(e.c.principal_id == row.id)).scalars()
+    )
+    for address in addresses:
+        if address not in current:
+            _check_address_free(connection, address, row.id, row.name)
+    for address in sorted(current):
+        batch.delete("principal_emails", address=address)
+    for address, is_alias in wanted:
+        batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=is_alias)
+    _log(batch, row.id, "updated")
+    return row.id
+
+
+def _build_set_members(connection, batch, name, member_names):
+    """
+    Make C{member_names} the whole membership of a group or list.
+    """
+    group = _require(connection, name)
+    members = [_require(connection, member_name) for member_name in member_names]
+    for member in members:
+        _check_member(connection, group, member)
+    batch.delete("principal_members", group_id=group.id)
+    for member_id in sorted({member.id for member in members}):
+        batch.insert("principal_members", group_id=group.id, member_id=member_id)
+    _log(batch, group.id, "updated")
+    return group.id
+
+
+def _build_replace(connection, batch, name, changes, addresses, member_names):
+    """
+    Several changes to one principal in one batch: addresses and members
+    first (they find the principal by its current name), then the fields
+    of L{_build_update}, a rename included.
+    """
+    principal_id = _require(connection, name).id
+    if addresses is not None:
+        _build_set_addresses(connection, batch, name, *addresses)
+    if member_names is not None:
+        _build_set_members(connection, batch, name, member_names)
+    if changes:
+        _build_update(connection, batch, name, changes)
+    return principal_id
