@@ -3,9 +3,10 @@ JMAP Core over HTTP: python -m bench.core [seconds] [connections]
 
 Starts a node with `twistd -n stalwart` on a free loopback port, then, from
 this one client process, keeps CONNECTIONS keep-alive HTTP connections busy
-for SECONDS each round with a 16-call Core/echo request (each connection
-sends its next request as soon as the previous answer has arrived), and
-prints requests per second with p50 and p95 latency.
+for SECONDS each round with each scenario (a 16-call Core/echo request;
+Principal/get of one id; an upload of 1 MB followed by its download), each
+connection sending its next request as soon as the previous answer has
+arrived, and prints operations per second with p50 and p95 latency.
 
 The client is a minimal HTTP/1.1 protocol (fixed request bytes, answers
 framed by Content-Length) so that the figures measure the server rather
@@ -34,16 +35,63 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def echo_request(port):
-    calls = [["Core/echo", {"call": n, "hello": "world"}, f"c{n}"] for n in range(16)]
-    body = json.dumps({"using": ["urn:ietf:params:jmap:core"], "methodCalls": calls}).encode()
+def _post(port, path, body, content_type="application/json"):
     token = base64.b64encode(f"admin:{SECRET}".encode()).decode()
     head = (
-        f"POST /jmap/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Basic {token}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Basic {token}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _get(port, path):
+    token = base64.b64encode(f"admin:{SECRET}".encode()).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Basic {token}\r\n\r\n"
+    ).encode()
+
+
+def _api(port, calls, using=("urn:ietf:params:jmap:core",)):
+    body = json.dumps({"using": list(using), "methodCalls": calls}).encode()
+    return _post(port, "/jmap/", body)
+
+
+def echo_requests(port):
+    calls = [["Core/echo", {"call": n, "hello": "world"}, f"c{n}"] for n in range(16)]
+    return [_api(port, calls)]
+
+
+def principal_get_requests(port):
+    # The admin is the first principal the node creates: account and
+    # principal ids of number 1.
+    from stalwart_tw.jmap.principal import principal_id
+    from stalwart_tw.jmap.session import account_id
+
+    call = ["Principal/get", {"accountId": account_id(1), "ids": [principal_id(1)]}, "c"]
+    using = ("urn:ietf:params:jmap:core", "urn:ietf:params:jmap:principals")
+    return [_api(port, [call], using)]
+
+
+def upload_download_requests(port):
+    from blake3 import blake3
+
+    from stalwart_tw.jmap.session import account_id
+
+    data = os.urandom(1024 * 1024)
+    account = account_id(1)
+    return [
+        _post(port, f"/jmap/upload/{account}/", data, "application/octet-stream"),
+        _get(port, f"/jmap/download/{account}/{blake3(data).hexdigest()}/b.bin"),
+    ]
+
+
+SCENARIOS = (
+    ("Core/echo x16", echo_requests),
+    ("Principal/get of one id", principal_get_requests),
+    ("upload + download of 1 MB (2 requests)", upload_download_requests),
+)
 
 
 class Node(protocol.ProcessProtocol):
@@ -70,8 +118,9 @@ class Node(protocol.ProcessProtocol):
 class KeepAliveClient(protocol.Protocol):
     """Sends one request, waits for its whole answer, sends the next."""
 
-    def __init__(self, request, latencies, deadline):
-        self._request = request
+    def __init__(self, requests, latencies, deadline):
+        self._requests = requests
+        self._next = 0
         self._latencies = latencies
         self._deadline = deadline
         self._buffer = b""
@@ -83,8 +132,11 @@ class KeepAliveClient(protocol.Protocol):
         self._send()
 
     def _send(self):
-        self._sent_at = time.perf_counter()
-        self.transport.write(self._request)
+        # Requests go in turn; a latency is one whole turn (upload then
+        # download counts once).
+        if self._next == 0:
+            self._sent_at = time.perf_counter()
+        self.transport.write(self._requests[self._next])
 
     def dataReceived(self, data):
         self._buffer += data
@@ -92,9 +144,13 @@ class KeepAliveClient(protocol.Protocol):
             consumed = _response_length(self._buffer)
             if consumed is None:
                 return
-            if not self._buffer.startswith(b"HTTP/1.1 200"):
+            if not self._buffer.startswith(b"HTTP/1.1 2"):
                 self.errors += 1
             self._buffer = self._buffer[consumed:]
+            self._next = (self._next + 1) % len(self._requests)
+            if self._next:
+                self._send()
+                continue
             now = time.perf_counter()
             self._latencies.append(now - self._sent_at)
             if now >= self._deadline:
@@ -137,13 +193,12 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-async def load(port, seconds, connections):
-    request = echo_request(port)
+async def load(port, seconds, connections, requests):
     latencies = []
     deadline = time.perf_counter() + seconds
     clients = []
     for _ in range(connections):
-        client = KeepAliveClient(request, latencies, deadline)
+        client = KeepAliveClient(requests, latencies, deadline)
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         clients.append(client)
     started = time.perf_counter()
@@ -167,21 +222,23 @@ async def run(seconds, connections):
         )
         try:
             await node.ready
-            await load(port, 1, connections)  # warm-up: caches, first Argon2 check
-            rounds = [await load(port, seconds, connections) for _ in range(3)]
-            rate, latencies, errors = sorted(rounds, key=lambda r: r[0])[1]
-            print(
-                f"Core/echo x16 over keep-alive HTTP, {connections} connections: "
-                f"{rate:,.0f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
-                f"p95 {percentile(latencies, 0.95) * 1000:.2f} ms, {errors} errors "
-                f"(median of 3 rounds of {seconds} s)"
-            )
+            for label, make_requests in SCENARIOS:
+                requests = make_requests(port)
+                await load(port, 1, connections, requests)  # warm-up
+                rounds = [await load(port, seconds, connections, requests) for _ in range(3)]
+                rate, latencies, errors = sorted(rounds, key=lambda r: r[0])[1]
+                print(
+                    f"{label}, {connections} keep-alive connection(s): "
+                    f"{rate:,.0f} per second, p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
+                    f"p95 {percentile(latencies, 0.95) * 1000:.2f} ms, {errors} errors "
+                    f"(median of 3 rounds of {seconds:g} s)"
+                )
         finally:
             process.signalProcess("TERM")
             await node.ended
 
 
-def main(reactor_, seconds="5", connections="4"):
+def main(reactor_, seconds="5", connections="1"):
     return defer.ensureDeferred(run(float(seconds), int(connections)))
 
 

@@ -84,17 +84,20 @@ class PrincipalType(WritableType):
         return set(context.accounts)
 
     async def read(self, context, account, ids):
-        everyone = await self._directory.list()
-        ids_by_name = {p.name: principal_id(p.id) for p in everyone}
+        return (await self.read_with_state(context, account, ids))[1]
+
+    async def read_with_state(self, context, account, ids):
         visible = self._visible(context)
-        objects = {
-            principal_id(p.id): as_jmap(p, ids_by_name)
-            for p in everyone
-            if visible is None or p.id in visible
-        }
-        if ids is None:
-            return objects
-        return {object_id: objects[object_id] for object_id in ids if object_id in objects}
+        numbers = None
+        if ids is not None:
+            numbers = {principal_number(object_id) for object_id in ids} - {None}
+            if visible is not None:
+                numbers &= visible
+        elif visible is not None:
+            numbers = visible
+        modseq, found, member_ids = await self._directory.snapshot(numbers)
+        ids_by_name = {name: principal_id(number) for name, number in member_ids.items()}
+        return modseq, {principal_id(p.id): as_jmap(p, ids_by_name) for p in found}
 
     def modseq(self, context, account):
         return self._store.read(type_modseq, DIRECTORY_ACCOUNT, CHANGE_TYPE)

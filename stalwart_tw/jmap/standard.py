@@ -52,6 +52,13 @@ class DataType(ABC):
             exist and the caller may see.
         """
 
+    async def read_with_state(self, context, account, ids):
+        """
+        @return: C{(modseq, objects)} as L{read} and L{modseq} give them; a
+            type that can read both at once, consistently, overrides this.
+        """
+        return await self.modseq(context, account), await self.read(context, account, ids)
+
     @abstractmethod
     async def modseq(self, context, account):
         """
@@ -121,8 +128,7 @@ async def standard_get(datatype, max_objects, context, arguments):
         ids = _unique(ids)
         if len(ids) > max_objects:
             raise _too_large(len(ids), max_objects)
-    modseq = await datatype.modseq(context, account)
-    found = await datatype.read(context, account, ids)
+    modseq, found = await datatype.read_with_state(context, account, ids)
     if ids is None:
         if len(found) > max_objects:
             raise _too_large(len(found), max_objects)

@@ -60,6 +60,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
+from stalwart_tw.store.changes import type_modseq
 from stalwart_tw.store.errors import BatchConflict
 from stalwart_tw.store.principal_changes import (
     CHANGE_TYPE,
@@ -120,6 +121,17 @@ class Principal:
 
 
 # Reading; these run on the store's reader threads.
+
+
+def _snapshot(connection, principal_ids):
+    p = schema.principals
+    condition = true() if principal_ids is None else p.c.id.in_(sorted(principal_ids))
+    found = _load(connection, condition)
+    member_names = sorted({name for principal in found for name in principal.members})
+    ids_by_name = dict(
+        connection.execute(select(p.c.name, p.c.id).where(p.c.name.in_(member_names))).all()
+    ) if member_names else {}
+    return type_modseq(connection, DIRECTORY_ACCOUNT, CHANGE_TYPE), found, ids_by_name
 
 
 def _group_ids_of(connection, principal_id):
@@ -293,6 +305,17 @@ class Directory:
         except DirectoryError as error:
             return fail(error)
         return self._store.read(_load, condition)
+
+    def snapshot(self, principal_ids=None):
+        """
+        Read principals and the directory's state in one transaction, so
+        the state is exactly that of what was read.
+
+        @param principal_ids: the ids wanted, or None for all.
+        @return: a Deferred firing with C{(modseq, principals, member name
+            -> id)}.
+        """
+        return self._store.read(_snapshot, principal_ids)
 
     def groups_of(self, principal_id):
         """
