@@ -431,3 +431,21 @@ class PrincipalSetLimitTests(PrincipalTestCase):
             "accountId": account_id(self.admin.id),
             "destroy": [principal_id(n) for n in range(100, 103)]})
         self.assertEqual(result["type"], "requestTooLarge")
+
+
+class PrincipalVisibilityChangesTests(PrincipalTestCase):
+    """
+    A user who loses sight of a principal is told it is gone.
+    """
+
+    @defer.inlineCallbacks
+    def test_left_group_reported_destroyed(self):
+        """After jane leaves sales, Principal/changes lists sales as destroyed for her."""
+        account = account_id(self.jane.id)
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account, "ids": []})
+        yield self.service.directory.replace("sales", members=[])
+        _, changes, _ = yield self.one(self.as_jane, "Principal/changes", {
+            "accountId": account, "sinceState": result["state"]})
+        self.assertIn(principal_id(self.sales.id), changes["destroyed"])
+        self.assertNotIn(principal_id(self.sales.id), changes["updated"])

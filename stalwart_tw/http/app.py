@@ -47,6 +47,7 @@ from stalwart_tw.jmap.principal import (
     principal_id,
     register_principals,
 )
+from stalwart_tw.jmap.principal_query import register_principal_query
 from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import (
@@ -274,6 +275,7 @@ class JmapHttp:
         self._principals = None
         if store is not None:
             self._principals = register_principals(self.methods, directory, store, settings)
+            register_principal_query(self.methods, self._principals, settings)
         # principal id -> (the Principal it was built for, Session document)
         self._sessions = {}
         self._sessions_generation = 0

@@ -107,20 +107,22 @@ class PrincipalType(WritableType):
             changes_since, DIRECTORY_ACCOUNT, CHANGE_TYPE, since_modseq, max_changes
         )
         visible = self._visible(context)
-
-        def shown(numbers):
-            return [
-                principal_id(int(number))
-                for number in numbers
-                if visible is None or int(number) in visible
-            ]
-
-        # A destroyed principal can no longer be checked for visibility;
-        # its bare id tells a client nothing it could use.
+        if visible is None:
+            return Changes(
+                [principal_id(int(n)) for n in found.created],
+                [principal_id(int(n)) for n in found.updated],
+                [principal_id(int(n)) for n in found.destroyed],
+                found.new_modseq,
+                found.has_more,
+            )
+        # For anyone else, a principal that changed and is out of sight now
+        # (a group they left) is gone as far as they are concerned: report
+        # it destroyed, so it leaves their cache and cached queries.
+        hidden = [int(n) for n in found.updated if int(n) not in visible]
         return Changes(
-            shown(found.created),
-            shown(found.updated),
-            [principal_id(int(number)) for number in found.destroyed],
+            [principal_id(int(n)) for n in found.created if int(n) in visible],
+            [principal_id(int(n)) for n in found.updated if int(n) in visible],
+            [principal_id(n) for n in hidden] + [principal_id(int(n)) for n in found.destroyed],
             found.new_modseq,
             found.has_more,
         )

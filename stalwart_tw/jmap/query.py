@@ -1,0 +1,460 @@
+"""
+The standard /query and /queryChanges methods (RFC 8620 sections 5.5 and
+5.6), evaluated in memory.
+
+This machinery suits types whose objects are few and read whole through
+L{DataType.read} (Principal now): every object is read, the filter is
+applied to each, and the survivors are sorted and windowed. The mail types
+(Email, Mailbox, Thread...) will not go through here: their filters and
+sorts will compile to SQL over the store's indexes, with the same
+arguments, errors and response shapes as below.
+
+A type describes what it can be queried by with a L{QuerySpec}; the
+functions here check the arguments (each malformed one is
+C{invalidArguments} saying what was wrong), build one predicate from the
+whole filter tree before any object is looked at, and answer. The
+queryState is the type's state string, so a query's state moves whenever
+any object of the type changes (RFC 8620 allows this: it MAY change when
+the results might have).
+
+/queryChanges knows which objects changed from the type's change log, and
+nothing of their old values: every changed id is C{removed}, and every
+changed id in the current results is C{added} back at its index. The RFC
+allows the extra removals, and this is right whatever the filter and sort
+are, mutable properties included.
+"""
+
+import unicodedata
+from dataclasses import dataclass, field
+
+from stalwart_tw.jmap.errors import (
+    CANNOT_CALCULATE_CHANGES,
+    MethodError,
+    invalid_arguments,
+)
+from stalwart_tw.jmap.session import account_id
+from stalwart_tw.jmap.standard import check_arguments, require_account
+from stalwart_tw.store.changes import (
+    ChangesUnavailable,
+    InvalidState,
+    TooManyChanges,
+    decode_state,
+    encode_state,
+)
+
+# Method-level errors of /query and /queryChanges.
+UNSUPPORTED_FILTER = "unsupportedFilter"
+UNSUPPORTED_SORT = "unsupportedSort"
+ANCHOR_NOT_FOUND = "anchorNotFound"
+TOO_MANY_CHANGES = "tooManyChanges"
+
+QUERY_ARGUMENTS = frozenset(
+    {"accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit",
+     "calculateTotal"}
+)
+QUERY_CHANGES_ARGUMENTS = frozenset(
+    {"accountId", "filter", "sort", "sinceQueryState", "maxChanges", "upToId",
+     "calculateTotal"}
+)
+COMPARATOR_MEMBERS = frozenset({"property", "isAscending", "collation"})
+FILTER_OPERATORS = frozenset({"AND", "OR", "NOT"})
+
+# Deep enough for any filter a person builds; a bound so that a hostile one
+# is refused rather than exhausting the stack.
+MAX_FILTER_DEPTH = 32
+
+
+class FilterValueError(ValueError):
+    """
+    Raised by a filter condition's builder when the value it was given has
+    the wrong type; the message completes "filter property 'x' ...".
+    """
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """
+    What a type can be filtered and sorted by.
+
+    @ivar filter_properties: FilterCondition property name -> a builder
+        called once with the condition's value. It checks the value,
+        raising L{FilterValueError} when its type is wrong, and returns the
+        predicate C{predicate(object) -> bool}. Building before matching
+        means a bad value is refused even when there is nothing to match.
+    @ivar sort_properties: Comparator property name -> C{key(object)}: a
+        string, a number, a boolean or C{None} (which sorts first in
+        ascending order). Collations apply to string keys only.
+    """
+
+    filter_properties: dict = field(default_factory=dict)
+    sort_properties: dict = field(default_factory=dict)
+
+
+def _values(obj, name):
+    value = obj.get(name)
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def filter_string(value):
+    """
+    @return: C{value}, a FilterCondition's string.
+    @raise FilterValueError: it is no string.
+    """
+    if not isinstance(value, str):
+        raise FilterValueError(f"must be a string, not {value!r}")
+    return value
+
+
+def contains_text(*properties):
+    """
+    @return: a filter builder matching objects where the condition's string
+        is a case-insensitive substring of any of C{properties} (a string
+        property, or a list of strings).
+    """
+
+    def build(value):
+        wanted = filter_string(value).casefold()
+        return lambda obj: any(
+            wanted in text.casefold() for name in properties for text in _values(obj, name)
+        )
+
+    return build
+
+
+def equals(property_name):
+    """
+    @return: a filter builder matching objects whose C{property_name} is
+        exactly the condition's string.
+    """
+
+    def build(value):
+        wanted = filter_string(value)
+        return lambda obj: obj.get(property_name) == wanted
+
+    return build
+
+
+def by_property(property_name):
+    """
+    @return: a sort key reading C{property_name} of an object.
+    """
+    return lambda obj: obj.get(property_name)
+
+
+# Collations (RFC 4790 registry), as key functions of a string.
+
+_ASCII_UPPER_TO_LOWER = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+)
+
+
+def _ascii_casemap(text):
+    # RFC 4790 section 9.2: only A-Z fold.
+    return text.translate(_ASCII_UPPER_TO_LOWER)
+
+
+def _ascii_numeric(text):
+    # RFC 4790 section 9.1: the leading decimal digits as a number; a string
+    # that starts with none is positive infinity, equal to every other such.
+    digits = len(text) - len(text.lstrip("0123456789"))
+    return (0, int(text[:digits])) if digits else (1, 0)
+
+
+def _unicode_casemap(text):
+    # RFC 5051: titlecase each character, then NFKD; code point order is
+    # the UTF-8 octet order the RFC compares in.
+    return unicodedata.normalize("NFKD", "".join(character.title() for character in text))
+
+
+COLLATIONS = {
+    "i;ascii-casemap": _ascii_casemap,
+    "i;ascii-numeric": _ascii_numeric,
+    "i;unicode-casemap": _unicode_casemap,
+}
+# Unicode-aware and case-insensitive, as RFC 8620 asks of the default.
+DEFAULT_COLLATION = "i;unicode-casemap"
+
+
+def compile_filter(spec, filter_value):
+    """
+    Check a /query C{filter} argument and build its predicate.
+
+    @return: C{predicate(object) -> bool}.
+    @raise MethodError: C{invalidArguments} for a malformed filter;
+        C{unsupportedFilter} for a condition property C{spec} lacks.
+    """
+    if filter_value is None:
+        return lambda obj: True
+    return _compile_filter(spec, filter_value, 0)
+
+
+def _compile_filter(spec, node, depth):
+    if not isinstance(node, dict):
+        raise invalid_arguments(
+            f"a filter must be a FilterOperator or FilterCondition object, not {node!r}"
+        )
+    if depth > MAX_FILTER_DEPTH:
+        raise invalid_arguments(f"the filter is nested deeper than {MAX_FILTER_DEPTH}")
+    if "operator" not in node:
+        return _compile_condition(spec, node)
+    operator, conditions = node["operator"], node.get("conditions")
+    extra = sorted(set(node) - {"operator", "conditions"})
+    if extra:
+        raise invalid_arguments(f"a FilterOperator has no member {extra[0]!r}")
+    if operator not in FILTER_OPERATORS:
+        raise invalid_arguments(f"'operator' must be 'AND', 'OR' or 'NOT', not {operator!r}")
+    if not isinstance(conditions, list):
+        raise invalid_arguments("a FilterOperator's 'conditions' must be an array")
+    predicates = [_compile_filter(spec, condition, depth + 1) for condition in conditions]
+    if operator == "AND":
+        return lambda obj: all(predicate(obj) for predicate in predicates)
+    if operator == "OR":
+        return lambda obj: any(predicate(obj) for predicate in predicates)
+    return lambda obj: not any(predicate(obj) for predicate in predicates)
+
+
+def _compile_condition(spec, condition):
+    predicates = []
+    for name, value in condition.items():
+        build = spec.filter_properties.get(name)
+        if build is None:
+            raise MethodError(UNSUPPORTED_FILTER, f"cannot filter on {name!r}")
+        try:
+            predicates.append(build(value))
+        except FilterValueError as error:
+            raise invalid_arguments(f"filter property {name!r} {error}") from None
+    return lambda obj: all(predicate(obj) for predicate in predicates)
+
+
+@dataclass(frozen=True)
+class _Comparator:
+    key: object
+    ascending: bool
+    collate: object
+
+
+def compile_sort(spec, sort_value):
+    """
+    Check a /query C{sort} argument.
+
+    @return: the comparators, most significant first.
+    @raise MethodError: C{invalidArguments} for a malformed sort;
+        C{unsupportedSort} for a property C{spec} cannot sort by or an
+        unknown collation.
+    """
+    if sort_value is None:
+        return []
+    if not isinstance(sort_value, list):
+        raise invalid_arguments("'sort' must be null or an array of Comparators")
+    return [_compile_comparator(spec, comparator) for comparator in sort_value]
+
+
+def _compile_comparator(spec, comparator):
+    if not isinstance(comparator, dict):
+        raise invalid_arguments(f"a Comparator must be an object, not {comparator!r}")
+    extra = sorted(set(comparator) - COMPARATOR_MEMBERS)
+    if extra:
+        raise invalid_arguments(f"a Comparator has no member {extra[0]!r}")
+    name = comparator.get("property")
+    if not isinstance(name, str):
+        raise invalid_arguments("a Comparator's 'property' must be a string")
+    ascending = comparator.get("isAscending", True)
+    if not isinstance(ascending, bool):
+        raise invalid_arguments("a Comparator's 'isAscending' must be a boolean")
+    collation = comparator.get("collation", DEFAULT_COLLATION)
+    if not isinstance(collation, str):
+        raise invalid_arguments("a Comparator's 'collation' must be a string")
+    key = spec.sort_properties.get(name)
+    if key is None:
+        raise MethodError(UNSUPPORTED_SORT, f"cannot sort by {name!r}")
+    collate = COLLATIONS.get(collation)
+    if collate is None:
+        raise MethodError(UNSUPPORTED_SORT, f"no collation {collation!r}")
+    return _Comparator(key, ascending, collate)
+
+
+def _sort_key(comparator):
+    def key(obj):
+        value = comparator.key(obj)
+        if value is None:
+            return (0,)
+        if isinstance(value, str):
+            value = comparator.collate(value)
+        return (1, value)
+
+    return key
+
+
+def sorted_ids(objects, predicate, comparators):
+    """
+    @param objects: id -> object.
+    @return: the ids of the objects C{predicate} accepts, ordered by
+        C{comparators} and then by id, so that equal objects always come
+        in the same order.
+    """
+    matching = sorted(object_id for object_id, obj in objects.items() if predicate(obj))
+    # Stable sorts, least significant first; reverse=True keeps stability.
+    for comparator in reversed(comparators):
+        key = _sort_key(comparator)
+        matching.sort(key=lambda object_id: key(objects[object_id]),
+                      reverse=not comparator.ascending)
+    return matching
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_argument(arguments, name, default, minimum=None):
+    value = arguments.get(name)
+    if value is None:
+        return default
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        kind = "an integer" if minimum is None else f"an integer of at least {minimum}"
+        raise invalid_arguments(f"{name!r} must be {kind}")
+    return value
+
+
+def _bool_argument(arguments, name):
+    value = arguments.get(name, False)
+    if not isinstance(value, bool):
+        raise invalid_arguments(f"{name!r} must be a boolean")
+    return value
+
+
+def _optional_id(arguments, name):
+    value = arguments.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid_arguments(f"{name!r} must be null or an id string")
+    return value
+
+
+async def _results(datatype, spec, context, account, arguments):
+    # The filter and sort are checked before anything is read.
+    predicate = compile_filter(spec, arguments.get("filter"))
+    comparators = compile_sort(spec, arguments.get("sort"))
+    # The state is that of the objects read (or older, for a type that
+    # cannot read both at once: the client then catches up later).
+    modseq, objects = await datatype.read_with_state(context, account, None)
+    return modseq, sorted_ids(objects, predicate, comparators)
+
+
+async def standard_query(datatype, spec, limits, context, arguments):
+    """
+    The /query method: the ids of the objects matching C{filter}, in
+    C{sort} order, from C{position} (or C{anchor} + C{anchorOffset}), at
+    most C{limit} of them and never more than the server's own limit.
+
+    @param spec: the type's L{QuerySpec}.
+    @param limits: has C{query_max_results} (the node's settings).
+    """
+    check_arguments(arguments, QUERY_ARGUMENTS)
+    account = require_account(context, arguments)
+    position = _int_argument(arguments, "position", 0)
+    anchor = _optional_id(arguments, "anchor")
+    anchor_offset = _int_argument(arguments, "anchorOffset", 0)
+    limit = _int_argument(arguments, "limit", None, minimum=0)
+    calculate_total = _bool_argument(arguments, "calculateTotal")
+    modseq, ids = await _results(datatype, spec, context, account, arguments)
+    if anchor is not None:
+        # With an anchor, position is ignored (RFC 8620 section 5.5).
+        try:
+            start = max(0, ids.index(anchor) + anchor_offset)
+        except ValueError:
+            raise MethodError(ANCHOR_NOT_FOUND, f"{anchor!r} is not in the results") from None
+    elif position < 0:
+        start = max(0, len(ids) + position)
+    else:
+        start = position
+    capped = limit is None or limit > limits.query_max_results
+    if capped:
+        limit = limits.query_max_results
+    response = {
+        "accountId": account_id(account),
+        "queryState": encode_state(modseq),
+        "canCalculateChanges": True,
+        "position": start,
+        "ids": ids[start:start + limit],
+    }
+    if calculate_total:
+        response["total"] = len(ids)
+    if capped:
+        response["limit"] = limit
+    return response
+
+
+async def standard_query_changes(datatype, spec, limits, context, arguments):
+    """
+    The /queryChanges method: how the results of the query with this
+    C{filter} and C{sort} moved since C{sinceQueryState}.
+
+    @param spec: the type's L{QuerySpec}.
+    @param limits: has C{changes_max_results} (the node's settings): the
+        most changed objects the server will look through.
+    """
+    check_arguments(arguments, QUERY_CHANGES_ARGUMENTS)
+    account = require_account(context, arguments)
+    since_state = arguments.get("sinceQueryState")
+    if not isinstance(since_state, str):
+        raise invalid_arguments("'sinceQueryState' must be a state string")
+    max_changes = _int_argument(arguments, "maxChanges", None, minimum=0)
+    up_to_id = _optional_id(arguments, "upToId")
+    calculate_total = _bool_argument(arguments, "calculateTotal")
+    # The results are read before the changes, so that every change they
+    # reflect is among the changes: each changed id is then removed and
+    # added back exactly where the results have it.
+    modseq, ids = await _results(datatype, spec, context, account, arguments)
+    changed = await _changed_ids(datatype, limits, context, account, since_state, max_changes)
+    removed = list(changed)
+    cut = ids.index(up_to_id) + 1 if up_to_id in ids else len(ids)
+    added = [
+        {"id": object_id, "index": index}
+        for index, object_id in enumerate(ids[:cut])
+        if object_id in changed
+    ]
+    if max_changes is not None and len(removed) + len(added) > max_changes:
+        raise _too_many(len(removed) + len(added), max_changes)
+    response = {
+        "accountId": account_id(account),
+        "oldQueryState": since_state,
+        "newQueryState": encode_state(modseq),
+    }
+    if calculate_total:
+        response["total"] = len(ids)
+    response["removed"] = removed
+    response["added"] = added
+    return response
+
+
+async def _changed_ids(datatype, limits, context, account, since_state, max_changes):
+    """
+    @return: every id created, updated or destroyed since C{since_state},
+        as a dict used as an ordered set.
+    """
+    # Each changed id is at least one change (it is removed), so the log
+    # need not be read past the client's maxChanges; nor ever past the
+    # server's own limit.
+    budget = limits.changes_max_results
+    if max_changes is not None:
+        budget = min(budget, max_changes)
+    try:
+        since = decode_state(since_state)
+        changes = await datatype.changes(context, account, since, budget)
+    except (InvalidState, ChangesUnavailable) as error:
+        raise MethodError(CANNOT_CALCULATE_CHANGES, str(error)) from None
+    except TooManyChanges:
+        changes = None
+    if changes is None or changes.has_more:
+        # More than the budget changed.
+        if max_changes is not None and budget == max_changes:
+            raise _too_many(f"more than {budget}", max_changes)
+        raise MethodError(
+            CANNOT_CALCULATE_CHANGES, f"more than {budget} objects changed since {since_state!r}"
+        )
+    return dict.fromkeys([*changes.created, *changes.updated, *changes.destroyed])
+
+
+def _too_many(count, max_changes):
+    return MethodError(TOO_MANY_CHANGES, f"{count} changes; maxChanges is {max_changes}")
