@@ -85,7 +85,9 @@ def session_document(settings, principal, groups=(), capabilities=None):
             **{uri: session_object for uri, (session_object, _) in capabilities.items()},
         },
         "accounts": accounts,
-        "primaryAccounts": {uri: own for uri in capabilities},
+        # Core included: clients such as jmapc take their default account
+        # from it.
+        "primaryAccounts": {CORE_CAPABILITY: own, **{uri: own for uri in capabilities}},
         "username": principal.name,
         "apiUrl": f"{base}/jmap/",
         "downloadUrl": f"{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}",
