@@ -69,6 +69,16 @@ class SessionTests(ApiTestCase):
         for name in ("apiUrl", "downloadUrl", "uploadUrl", "eventSourceUrl"):
             self.assertTrue(session[name].startswith("https://mail.example.org/jmap/"), name)
         self.assertIn("{accountId}", session["uploadUrl"])
+        # The URL templates carry exactly the RFC's variables, single-braced.
+        base = "https://mail.example.org/jmap/"
+        self.assertEqual(session["uploadUrl"], base + "upload/{accountId}/")
+        self.assertEqual(
+            session["downloadUrl"], base + "download/{accountId}/{blobId}/{name}?accept={type}"
+        )
+        self.assertEqual(
+            session["eventSourceUrl"],
+            base + "eventsource/?types={types}&closeafter={closeafter}&ping={ping}",
+        )
 
     @defer.inlineCallbacks
     def test_own_account_and_stable_state(self):

@@ -92,8 +92,9 @@ def session_document(settings, principal, groups=(), capabilities=None):
         "apiUrl": f"{base}/jmap/",
         "downloadUrl": f"{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}",
         "uploadUrl": f"{base}/jmap/upload/{{accountId}}/",
-        "eventSourceUrl": f"{base}/jmap/eventsource/?types={{types}}&closeafter={{closeafter}}"
-        "&ping={{ping}}",
+        "eventSourceUrl": (
+            f"{base}/jmap/eventsource/?types={{types}}&closeafter={{closeafter}}&ping={{ping}}"
+        ),
     }
     document["state"] = blake3(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return document
