@@ -3,6 +3,11 @@ Counting work under way, so that a shutdown can wait for it to finish.
 """
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from stalwart_tw.logs import Logger
+
+log = Logger()
 
 
 class InFlight:
@@ -41,3 +46,25 @@ class InFlight:
         waiter = Deferred()
         self._waiters.append(waiter)
         return waiter
+
+
+def uncancellable(deferred):
+    """
+    Detach work from whoever waits for it. Klein cancels a handler when
+    its client goes away; a commit, or work that holds blobs in flight,
+    must still run to its end (and its listeners hear of it).
+
+    @return: a Deferred with the result of C{deferred}, which the caller
+        may cancel without cancelling C{deferred}.
+    """
+    view = Deferred()
+
+    def forward(result):
+        if not view.called:
+            view.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("work finished after its caller left, and failed", result)
+        return None
+
+    deferred.addBoth(forward)
+    return view

@@ -89,7 +89,7 @@ class CorsTests(SiteTestCase):
                 b"Access-Control-Request-Headers": [b"authorization, content-type"],
             })
             self.assertEqual(response.code, 204, path)
-            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), b"*")
             allowed = self.header(response, b"Access-Control-Allow-Headers")
             self.assertIn(b"Authorization", allowed)
             self.assertIn(b"Content-Type", allowed)
@@ -98,11 +98,29 @@ class CorsTests(SiteTestCase):
             self.assertIsNone(self.header(response, b"Location"))
 
     @defer.inlineCallbacks
+    def test_no_cached_credentials_for_other_origins(self):
+        """Permissive CORS never allows credentials, so cached Basic auth cannot be borrowed."""
+        response, _ = yield self.request("GET", "/.well-known/jmap", headers={b"Origin": [PAGE]})
+        self.assertIsNone(self.header(response, b"Access-Control-Allow-Credentials"))
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), b"*")
+
+    @defer.inlineCallbacks
+    def test_unknown_route_and_method(self):
+        """An unknown path is a 404 and a wrong method a 405, as problem documents."""
+        missing, body = yield self.request("GET", "/nope", headers=ADMIN)
+        self.assertEqual(missing.code, 404)
+        self.assertEqual(json.loads(body)["status"], 404)
+        wrong, body = yield self.request("PUT", "/jmap/session", headers=ADMIN)
+        self.assertEqual(wrong.code, 405)
+        self.assertEqual(json.loads(body)["status"], 405)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
     def test_headers_on_a_401(self):
         """A 401 carries CORS headers, so the page can read the challenge."""
         response, _ = yield self.request("GET", "/.well-known/jmap", headers={b"Origin": [PAGE]})
         self.assertEqual(response.code, 401)
-        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), b"*")
         self.assertIn(b"WWW-Authenticate", self.header(response, b"Access-Control-Expose-Headers"))
 
     @defer.inlineCallbacks
@@ -114,7 +132,7 @@ class CorsTests(SiteTestCase):
         bad, _ = yield self.request("POST", "/jmap/", headers=headers, data=b"{")
         self.assertEqual((ok.code, bad.code), (200, 400))
         for response in (ok, bad):
-            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+            self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), b"*")
 
 
 class StrictCorsTests(SiteTestCase):
@@ -136,6 +154,7 @@ class StrictCorsTests(SiteTestCase):
         own = b"https://mail.example.org"
         response, _ = yield self.request("OPTIONS", "/jmap/", headers={b"Origin": [own]})
         self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), own)
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Credentials"), b"true")
 
 
 class BodyLimitTests(SiteTestCase):
@@ -206,7 +225,7 @@ class EventSourceTests(SiteTestCase):
         admin = yield self.service.directory.get("admin")
         response, chunks, finished = yield self.open_stream("types=*&closeafter=state&ping=0")
         self.assertEqual(self.header(response, b"Content-Type"), b"text/event-stream")
-        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), PAGE)
+        self.assertEqual(self.header(response, b"Access-Control-Allow-Origin"), b"*")
         result = yield self.service.node.commit(
             WriteBatch().log_change(admin.id, "Email", "m1", "created")
         )

@@ -449,3 +449,25 @@ class PrincipalVisibilityChangesTests(PrincipalTestCase):
             "accountId": account, "sinceState": result["state"]})
         self.assertIn(principal_id(self.sales.id), changes["destroyed"])
         self.assertNotIn(principal_id(self.sales.id), changes["updated"])
+
+
+class PatchTests(TestCase):
+    """
+    PatchObject rules of RFC 8620 section 5.3.
+    """
+
+    def test_overlapping_paths(self):
+        """A pointer that is a prefix of another is invalidPatch, even with others between."""
+        from stalwart_tw.jmap.standard import SetError, apply_patch
+
+        for patch in ({"a": 1, "a/b": 2}, {"a": 1, "a-b": 2, "a/b": 3}):
+            error = self.assertRaises(SetError, apply_patch, {"a": {"b": 0}}, patch)
+            self.assertEqual(error.type, "invalidPatch")
+
+    def test_nested_and_null(self):
+        """A nested pointer sets inside an object; null removes the member."""
+        from stalwart_tw.jmap.standard import apply_patch
+
+        current = {"a": {"b": 1, "c": 2}, "d": 3}
+        self.assertEqual(apply_patch(current, {"a/b": 5, "d": None}), {"a": {"b": 5, "c": 2}})
+        self.assertEqual(current, {"a": {"b": 1, "c": 2}, "d": 3})

@@ -74,6 +74,20 @@ class ParseRequestTests(TestCase):
         problem = self.problem(b'{"using": [], "methodCalls": [["Core/echo", {"x": NaN}, "c"]]}')
         self.assertEqual(problem["type"], "urn:ietf:params:jmap:error:notJSON")
 
+    def test_numbers_beyond_i_json(self):
+        """Integers beyond 2^53 and numbers beyond a double are notJSON, not a later crash."""
+        for raw in (b'{"using": [], "methodCalls": [], "x": 18446744073709551616}',
+                    b'{"using": [], "methodCalls": [], "x": 1e400}',
+                    b'{"using": [], "methodCalls": [], "x": -9007199254740993}'):
+            self.assertEqual(self.problem(raw)["type"], "urn:ietf:params:jmap:error:notJSON")
+
+    def test_lone_surrogate(self):
+        """A string escaping half of a surrogate pair is notJSON."""
+        problem = self.problem(b'{"using": ["\\ud800"], "methodCalls": []}')
+        self.assertEqual(problem["type"], "urn:ietf:params:jmap:error:notJSON")
+        request = parse(b'{"using": [], "methodCalls": [["Core/echo", {"s": "\\ud83d\\ude00"}, "c"]]}')
+        self.assertEqual(request.calls[0].arguments["s"], "\U0001f600")
+
     def test_deep_nesting(self):
         """Nesting deep enough to exhaust the parser is notJSON, not a crash."""
         problem = self.problem(b"[" * 100000 + b"]" * 100000)

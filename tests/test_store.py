@@ -545,3 +545,21 @@ class ReaderPoolTests(TestCase):
 
         arrivals = yield defer.gatherResults([store.read(meet) for _ in range(readers)])
         self.assertEqual(sorted(arrivals), list(range(readers)))
+
+
+class CancelledCommitTests(StoreTestMixin, TestCase):
+    """
+    A caller that stops waiting does not stop the commit or its news.
+    """
+
+    @defer.inlineCallbacks
+    def test_listeners_hear_a_commit_whose_caller_left(self):
+        """Cancelling the wait fails it for the caller; the batch applies and listeners hear."""
+        heard = defer.Deferred()
+        self.node.add_listener(lambda result: heard.callback(result) if not heard.called else None)
+        waiting = self.node.commit(WriteBatch().log_change(5, "Email", "x", "created"))
+        waiting.cancel()
+        self.failureResultOf(waiting, defer.CancelledError)
+        result = yield heard
+        self.assertEqual(result.type_states, {5: {"Email": 1}})
+        self.assertEqual((yield self.store.read(changes.account_modseq, 5)), 1)

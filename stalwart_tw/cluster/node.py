@@ -12,7 +12,7 @@ one that commits through Raft before applying.
 from twisted.application.service import Service
 from twisted.internet.defer import DeferredLock, fail, succeed
 
-from stalwart_tw.inflight import InFlight
+from stalwart_tw.inflight import InFlight, uncancellable
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import apply_batch
 from stalwart_tw.store.errors import BatchConflict, InvalidBatch
@@ -38,7 +38,8 @@ class LocalNode(Service):
         self._last_index = None
         self._locks = {}
         self._listeners = []
-        # Serialised operations accepted and not finished; stop waits for them.
+        # Serialised operations and commits accepted and not finished; stop
+        # waits for them.
         self._operations = InFlight()
         self._stopping = False
 
@@ -76,7 +77,15 @@ class LocalNode(Service):
             raise RuntimeError("the node has not started")
         self._last_index += 1
         result = self._store.write(apply_batch, batch, self._last_index)
-        return result.addCallback(self._applied)
+        # Counted until the listeners have heard, so a stop waits for them;
+        # and a caller that stops waiting (a client that left) must not
+        # stop the news of an applied batch from reaching the listeners.
+        applied = result.addCallback(self._applied)
+        waiting = uncancellable(applied)
+        # Tracked after the caller's Deferred is fed, so a stop that waits
+        # for idle resumes only once every caller has its answer.
+        self._operations.track(applied)
+        return waiting
 
     def _applied(self, result):
         if result.conflicts:

@@ -30,16 +30,13 @@ from klein import Klein
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
-from stalwart_tw.jmap.core import (
-    BlobAccess,
-    register_blobs,
-    register_core,
-    uncancellable,
-)
+from stalwart_tw.inflight import uncancellable
+from stalwart_tw.jmap.core import BlobAccess, register_blobs, register_core
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
 from stalwart_tw.jmap.principal import (
@@ -124,9 +121,12 @@ class CorsPolicy:
     """
     Which web pages may read the server's answers.
 
-    Permissive (the default): any origin, credentials included, so a web
-    client served from anywhere can use the server. Strict (strict-cors):
-    only pages of the server's own origin, taken from jmap-url.
+    Permissive (the default): any origin may read answers, but only to
+    requests that carry their own Authorization header: the answer is
+    C{Access-Control-Allow-Origin: *} without C{Allow-Credentials}, so a
+    page cannot ride on credentials the browser has cached for the server.
+    Strict (strict-cors): only pages of the server's own origin, taken from
+    jmap-url.
     """
 
     def __init__(self, settings):
@@ -141,11 +141,14 @@ class CorsPolicy:
         Set the CORS headers of a response to C{request}.
         """
         origin = request.getHeader(b"Origin")
-        request.setHeader(b"Vary", b"Origin")
         if origin is None or not self.allows(origin):
             return
-        request.setHeader(b"Access-Control-Allow-Origin", origin)
-        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        if self._strict:
+            request.setHeader(b"Vary", b"Origin")
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        else:
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
         request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS)
         if request.method == b"OPTIONS":
             request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
@@ -317,6 +320,12 @@ class JmapHttp:
             return None
         return await self._directory.authenticate(*credentials)
 
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request, failure):
+        # No such route, or a method the route does not take.
+        error = failure.value
+        return problem(request, error.code, error.name, error.description)
+
     @app.handle_errors(Exception)
     def server_error(self, request, failure):
         # One place turns any failure into a problem document a client can read.
@@ -397,9 +406,9 @@ class JmapHttp:
         try:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
-                state = (await self._session(principal))["state"]
-                accounts = [account_number(a) for a in (await self._session(principal))["accounts"]]
-                response = await run_request(self.methods, parsed, principal, state, accounts)
+                response = await uncancellable(
+                    ensureDeferred(self._run(parsed, principal))
+                )
         except RequestError as error:
             return jmap_problem(request, error)
         except LimitReached:
@@ -410,6 +419,13 @@ class JmapHttp:
                 limit="maxConcurrentRequests",
             ))
         return json_response(request, response)
+
+    async def _run(self, parsed, principal):
+        accounts = [account_number(a) for a in (await self._session(principal))["accounts"]]
+        response = await run_request(self.methods, parsed, principal, None, accounts)
+        # After the methods: a call may have changed the session.
+        response["sessionState"] = (await self._session(principal))["state"]
+        return response
 
     async def _parse(self, request):
         content_type = (request.getHeader(b"Content-Type") or b"application/json").lower()

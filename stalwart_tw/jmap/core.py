@@ -17,9 +17,9 @@ each account's uploads expire independently. Copying into an account that
 already holds the blob refreshes its expiry, as re-uploading would.
 """
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.python.failure import Failure
+from twisted.internet.defer import ensureDeferred, succeed
 
+from stalwart_tw.inflight import uncancellable
 from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
@@ -38,28 +38,6 @@ from stalwart_tw.store.errors import BlobMissing
 _COPY_ARGUMENTS = {"fromAccountId", "accountId", "blobIds"}
 
 log = Logger()
-
-
-def uncancellable(deferred):
-    """
-    Klein cancels a handler when its client goes away; work that holds
-    blobs in flight or waits for a commit must still run to its end, or it
-    would release a blob before the row that keeps it is written.
-
-    @return: a Deferred with the result of C{deferred}, which the caller
-        may cancel without cancelling C{deferred}.
-    """
-    view = Deferred()
-
-    def forward(result):
-        if not view.called:
-            view.callback(result)
-        elif isinstance(result, Failure):
-            log.failure("work finished after its client left, and failed", result)
-        return None
-
-    deferred.addBoth(forward)
-    return view
 
 
 def echo(context, arguments):

@@ -15,6 +15,8 @@ never imports them.
 import inspect
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import CancelledError
+
 from stalwart_tw.jmap.errors import SERVER_FAIL, UNKNOWN_METHOD, MethodError
 from stalwart_tw.jmap.request import Invocation, resolve_references
 from stalwart_tw.logs import Logger
@@ -114,6 +116,8 @@ async def _run_call(registry, context, call, responses):
             result = await result
     except MethodError as error:
         return [Invocation("error", error.arguments(), call.call_id)]
+    except CancelledError:
+        raise
     except Exception:
         log.failure("method {name} failed", name=call.name)
         error = MethodError(SERVER_FAIL, f"{call.name} failed unexpectedly; the error is logged")

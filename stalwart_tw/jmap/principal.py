@@ -170,6 +170,8 @@ class PrincipalType(WritableType):
 
     async def destroy(self, context, account, object_id):
         principal = await self._directory.get_by_id(principal_number(object_id))
+        if principal is None:
+            raise SetError("notFound", f"no Principal {object_id!r}")
         if principal.name == ADMIN_NAME:
             raise SetError("forbidden", "the admin principal cannot be destroyed")
         await _directory_call(self._directory.delete(principal.name))

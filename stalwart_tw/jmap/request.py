@@ -10,6 +10,8 @@ what was wrong with the request rather than a generic failure.
 """
 
 import json
+import math
+import re
 from dataclasses import dataclass
 
 from stalwart_tw.jmap.errors import (
@@ -71,6 +73,26 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
+# I-JSON (RFC 7493): numbers an IEEE double holds exactly, text without lone
+# surrogates. Anything else would fail later, when the response is encoded.
+_SAFE_INTEGER = 2**53 - 1
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _integer(text):
+    value = int(text)
+    if not -_SAFE_INTEGER <= value <= _SAFE_INTEGER:
+        raise ValueError(f"{text} is beyond the integers I-JSON allows")
+    return value
+
+
+def _number(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the numbers I-JSON allows")
+    return value
+
+
 def decode_json(body):
     """
     Decode a request body as I-JSON.
@@ -82,10 +104,12 @@ def decode_json(body):
     except UnicodeDecodeError as error:
         raise RequestError(NOT_JSON, f"the body is not UTF-8 (byte {error.start})") from None
     try:
-        return json.loads(
+        document = json.loads(
             text,
             object_pairs_hook=_object_without_duplicates,
             parse_constant=_refuse_constant,
+            parse_int=_integer,
+            parse_float=_number,
         )
     except _DuplicateMember as error:
         raise RequestError(NOT_JSON, f"not I-JSON: {error}") from None
@@ -95,6 +119,20 @@ def decode_json(body):
         ) from None
     except (ValueError, RecursionError) as error:
         raise RequestError(NOT_JSON, f"not JSON: {error}") from None
+    if "\\u" in text and _has_lone_surrogate(document):
+        raise RequestError(NOT_JSON, "not I-JSON: a string holds a lone surrogate")
+    return document
+
+
+def _has_lone_surrogate(value):
+    # Escapes are the only way one gets in: the body itself is valid UTF-8.
+    if isinstance(value, str):
+        return _LONE_SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
 
 
 def _not_request(detail):

@@ -249,10 +249,12 @@ def apply_patch(current, patch):
     """
     if not isinstance(patch, dict):
         raise SetError("invalidPatch", "a patch must be an object")
-    paths = sorted(patch)
-    for shorter, longer in zip(paths, paths[1:]):
-        if longer.startswith(shorter + "/"):
-            raise SetError("invalidPatch", f"{shorter!r} and {longer!r} overlap")
+    for path in patch:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            prefix = "/".join(parts[:end])
+            if prefix in patch:
+                raise SetError("invalidPatch", f"{prefix!r} and {path!r} overlap")
     patched = _copy(current)
     for path, value in patch.items():
         tokens = [t.replace("~1", "/").replace("~0", "~") for t in path.split("/")]
@@ -360,7 +362,7 @@ async def _set_updates(datatype, context, account, updates, destroying):
             if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
             patched = apply_patch(current, patch)
-            updated[given_id] = await datatype.update(context, account, object_id, current, patched)
+            updated[object_id] = await datatype.update(context, account, object_id, current, patched)
         except SetError as error:
             refused[given_id] = error.as_json()
     return {"updated": updated or None, "notUpdated": refused or None}
