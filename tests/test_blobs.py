@@ -97,7 +97,14 @@ class _BlobFixture:
         return self.node.commit(WriteBatch().release_blob(blob_hash, count=count))
 
     def temp_rows(self):
-        return self.store.read(_read_table, schema.blob_temp)
+        # (account, hash, expiry): uploads here are by the account's own principal.
+        def read(connection):
+            rows = _read_table(connection, schema.blob_temp)
+            for account_id, blob_hash, principal_id, expires_at in rows:
+                self.assertEqual(principal_id, account_id)
+            return [(a, h, e) for a, h, _, e in rows]
+
+        return self.store.read(read)
 
     def write_orphan(self, data):
         """

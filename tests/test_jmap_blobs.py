@@ -203,11 +203,11 @@ class UploadLimitTests(BlobSiteTestCase):
         blobs, gate, entered = self.service.blobs, defer.Deferred(), defer.Deferred()
         original = blobs.put_temporary
 
-        def held(account, data):
+        def held(account, data, uploader):
             if account != self.jane.id or entered.called:
-                return original(account, data)
+                return original(account, data, uploader)
             entered.callback(None)
-            return gate.addCallback(lambda _: original(account, data))
+            return gate.addCallback(lambda _: original(account, data, uploader))
 
         self.patch(blobs, "put_temporary", held)
         first = self.upload(b"first")
@@ -235,8 +235,8 @@ class UploadLimitTests(BlobSiteTestCase):
             requests.append(request)
             return original_read(request, size)
 
-        def held(account, data):
-            stored_blob = gate.addCallback(lambda _: original_put(account, data))
+        def held(account, data, uploader):
+            stored_blob = gate.addCallback(lambda _: original_put(account, data, uploader))
             return stored_blob.addCallback(lambda result: stored.callback(result) or result)
 
         self.patch(http, "_read_upload", read)
@@ -352,6 +352,18 @@ class DownloadTests(BlobSiteTestCase):
             blob_id, account=account_id(self.team.id), headers=BOB
         )
         self.assertNotFound(response, body)
+
+
+    @defer.inlineCallbacks
+    def test_upload_private_to_its_uploader(self):
+        """In a shared account, an unreferenced upload is another member's 404 (RFC 8620 6.1)."""
+        yield self.service.directory.add_member("team", "bob")
+        team = account_id(self.team.id)
+        blob_id = yield self.uploaded(b"jane's draft", account=team)
+        response, body = yield self.download(blob_id, account=team, headers=BOB)
+        self.assertNotFound(response, body)
+        response, body = yield self.download(blob_id, account=team)
+        self.assertEqual((response.code, body), (200, b"jane's draft"))
 
 
 class BlobCopyTests(BlobSiteTestCase):

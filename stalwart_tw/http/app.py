@@ -95,6 +95,18 @@ def _content_length(request):
         return 0
 
 
+def _read_and_parse(content, limit, capabilities, max_calls):
+    content.seek(0)
+    body = content.read(limit + 1)
+    if len(body) > limit:
+        raise RequestError(
+            LIMIT,
+            f"the request is over {limit} bytes, the most the server takes",
+            limit="maxSizeRequest",
+        )
+    return parse_request(body, capabilities, max_calls)
+
+
 def jmap_problem(request, error):
     """
     Answer with the problem document of a request-level JMAP error.
@@ -439,17 +451,16 @@ class JmapHttp:
                 f"the request is {size} bytes; the server takes at most {limit}",
                 limit="maxSizeRequest",
             )
-        body = request.content.read()
-        if len(body) > limit:
-            raise RequestError(
-                LIMIT,
-                f"the request is {len(body)} bytes; the server takes at most {limit}",
-                limit="maxSizeRequest",
-            )
-        arguments = (body, self.methods.capabilities(), self._settings.max_calls_in_request)
-        if len(body) <= INLINE_PARSE_LIMIT or self._threadpool is None:
-            return parse_request(*arguments)
-        return await deferToThreadPool(self._reactor, self._threadpool, parse_request, *arguments)
+        arguments = (
+            request.content, limit, self.methods.capabilities(),
+            self._settings.max_calls_in_request,
+        )
+        if size <= INLINE_PARSE_LIMIT or self._threadpool is None:
+            return _read_and_parse(*arguments)
+        # Twisted keeps a large body in a temporary file: read it there too.
+        return await deferToThreadPool(
+            self._reactor, self._threadpool, _read_and_parse, *arguments
+        )
 
     async def _account_of(self, principal, text):
         # The principal id behind text, if principal may use that account.
@@ -473,7 +484,7 @@ class JmapHttp:
             return self._no_blobs(request)
         try:
             size = self._check_upload_size(request)
-            work = ensureDeferred(self._store_upload(request, number, size))
+            work = ensureDeferred(self._store_upload(request, number, principal.id, size))
             blob_hash, size = await uncancellable(work)
         except RequestError as error:
             return jmap_problem(request, error)
@@ -493,12 +504,12 @@ class JmapHttp:
             "size": size,
         })
 
-    async def _store_upload(self, request, account, size):
+    async def _store_upload(self, request, account, uploader, size):
         # Holds the account's upload slot until the blob is stored, even if
         # the client left before.
         with self._uploads.slot(account):
             data = await self._read_upload(request, size)
-            blob_hash, size, _ = await self._blobs.put_temporary(account, data)
+            blob_hash, size, _ = await self._blobs.put_temporary(account, data, uploader)
         return blob_hash, size
 
     def _check_upload_size(self, request, size=None):
@@ -535,7 +546,7 @@ class JmapHttp:
         if self._blobs is None:
             return self._no_blobs(request)
         try:
-            data = await self._read_visible_blob(number, blob_id)
+            data = await self._read_visible_blob(number, principal.id, blob_id)
         except BlobMissing:
             return self._not_found(request, "No such blob in this account.")
         request.setHeader(b"Content-Type", _download_type(request).encode("ascii"))
@@ -544,11 +555,12 @@ class JmapHttp:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return data
 
-    async def _read_visible_blob(self, account, blob_id):
-        # BlobMissing for a malformed id, a blob the account does not hold,
-        # or one whose file is gone: all the same to the client.
+    async def _read_visible_blob(self, account, principal_id, blob_id):
+        # BlobMissing for a malformed id, a blob this principal does not
+        # hold in the account, or one whose file is gone: all the same to
+        # the client.
         if not is_blob_hash(blob_id) or blob_id not in await self._blob_access.visible(
-            account, [blob_id]
+            account, principal_id, [blob_id]
         ):
             raise BlobMissing(blob_id)
         return await self._blobs.read(blob_id)

@@ -31,8 +31,7 @@ from stalwart_tw.jmap.errors import (
 )
 from stalwart_tw.jmap.session import accessible_accounts, account_id, account_number
 from stalwart_tw.logs import Logger
-from stalwart_tw.store.batch import WriteBatch
-from stalwart_tw.store.blobs import held_by, is_blob_hash
+from stalwart_tw.store.blobs import held_by, is_blob_hash, temporary_rows
 from stalwart_tw.store.errors import BlobMissing
 
 _COPY_ARGUMENTS = {"fromAccountId", "accountId", "blobIds"}
@@ -82,15 +81,17 @@ class BlobAccess:
         self._clock = clock
         self._max_blobs = max_blobs
 
-    def visible(self, account, blob_hashes):
+    def visible(self, account, principal_id, blob_hashes):
         """
-        @param account: a principal id.
+        @param account: the account's principal id.
+        @param principal_id: who is looking.
         @param blob_hashes: blob ids, each already checked by C{is_blob_hash}.
-        @return: a Deferred firing with the set of those C{account} can see.
+        @return: a Deferred firing with the set of those the principal can
+            see in the account.
         """
         if not blob_hashes:
             return succeed(set())
-        return self._store.read(held_by, account, set(blob_hashes))
+        return self._store.read(held_by, account, principal_id, set(blob_hashes))
 
     async def copy(self, context, arguments):
         """
@@ -104,8 +105,9 @@ class BlobAccess:
         if source not in accounts:
             raise MethodError(FROM_ACCOUNT_NOT_FOUND, f"no account {from_text!r}")
         wanted = [blob_id for blob_id in dict.fromkeys(blob_ids) if is_blob_hash(blob_id)]
-        visible = await self.visible(source, wanted)
-        held = await uncancellable(ensureDeferred(self._grant_held(target, visible)))
+        caller = context.principal.id
+        visible = await self.visible(source, caller, wanted)
+        held = await uncancellable(ensureDeferred(self._grant_held(target, caller, visible)))
         not_found = {"type": NOT_FOUND, "description": "no such blob in the source account"}
         copied = {blob_id: blob_id for blob_id in blob_ids if blob_id in held}
         not_copied = {blob_id: dict(not_found) for blob_id in blob_ids if blob_id not in held}
@@ -132,7 +134,7 @@ class BlobAccess:
             )
         return from_text, to_text, blob_ids
 
-    async def _grant_held(self, account, blob_hashes):
+    async def _grant_held(self, account, principal_id, blob_hashes):
         # In flight from before the commit until after it: the source's row
         # may expire meanwhile, and nothing else keeps the file alive.
         held = set()
@@ -144,20 +146,9 @@ class BlobAccess:
                     continue
                 held.add(blob_hash)
             if held:
-                await self._node.commit(self._grant(account, held))
+                expires_at = int(self._clock.seconds()) + self._blobs.temp_ttl
+                await self._node.commit(temporary_rows(account, principal_id, held, expires_at))
         finally:
             for blob_hash in held:
                 self._blobs.release_in_flight(blob_hash)
         return held
-
-    def _grant(self, account, blob_hashes):
-        # The same rows, delete then insert, that BlobStore.put_temporary
-        # writes for an upload.
-        expires_at = int(self._clock.seconds()) + self._blobs.temp_ttl
-        batch = WriteBatch()
-        for blob_hash in sorted(blob_hashes):
-            batch.delete("blob_temp", account_id=account, blob_hash=blob_hash)
-            batch.insert(
-                "blob_temp", account_id=account, blob_hash=blob_hash, expires_at=expires_at
-            )
-        return batch

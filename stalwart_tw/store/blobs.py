@@ -160,9 +160,10 @@ def _make_folders(root, parts):
 def _read_expired(connection, now, limit):
     table = schema.blob_temp
     rows = connection.execute(
-        select(table.c.account_id, table.c.blob_hash, table.c.expires_at)
+        select(table.c.account_id, table.c.blob_hash, table.c.principal_id, table.c.expires_at)
         .where(table.c.expires_at <= now)
-        .order_by(table.c.expires_at, table.c.account_id, table.c.blob_hash)
+        .order_by(table.c.expires_at, table.c.account_id, table.c.blob_hash,
+                  table.c.principal_id)
         .limit(limit)
     )
     return [tuple(row) for row in rows]
@@ -387,27 +388,26 @@ class BlobStore(Service):
             with self._lock:
                 self._unsynced.discard(blob_hash)
 
-    def put_temporary(self, account_id, data):
+    def put_temporary(self, account_id, data, principal_id=None):
         """
-        Store an upload of C{account_id}: the file, then a committed
-        C{blob_temp} row that keeps it alive for C{temp_ttl} seconds. An
-        upload of content the account uploaded before refreshes its expiry.
+        Store an upload to C{account_id} by C{principal_id} (by default the
+        account's own principal): the file, then a committed C{blob_temp}
+        row that keeps it alive for C{temp_ttl} seconds. Uploading content
+        again refreshes its expiry.
 
         @return: a Deferred firing with C{(blob_hash, size, expires_at)}.
         """
-        return self._put_temporary(account_id, data)
+        uploader = account_id if principal_id is None else principal_id
+        return self._put_temporary(account_id, data, uploader)
 
     @inlineCallbacks
-    def _put_temporary(self, account_id, data):
+    def _put_temporary(self, account_id, data, principal_id):
         blob_hash, size = yield self.put(data)
         try:
             expires_at = int(self._clock.seconds()) + self.temp_ttl
-            batch = WriteBatch()
-            batch.delete("blob_temp", account_id=account_id, blob_hash=blob_hash)
-            batch.insert(
-                "blob_temp", account_id=account_id, blob_hash=blob_hash, expires_at=expires_at
+            yield self._node.commit(
+                temporary_rows(account_id, principal_id, [blob_hash], expires_at)
             )
-            yield self._node.commit(batch)
         finally:
             self.release_in_flight(blob_hash)
         return blob_hash, size, expires_at
@@ -524,11 +524,12 @@ class BlobStore(Service):
         expired = yield self._store.read(_read_expired, now, EXPIRY_BATCH_LIMIT)
         if expired:
             batch = WriteBatch()
-            for account_id, blob_hash, expires_at in expired:
+            for account_id, blob_hash, principal_id, expires_at in expired:
                 # expires_at in the key: an upload refreshed since we read
                 # keeps its row.
                 batch.delete(
-                    "blob_temp", account_id=account_id, blob_hash=blob_hash, expires_at=expires_at
+                    "blob_temp", account_id=account_id, blob_hash=blob_hash,
+                    principal_id=principal_id, expires_at=expires_at,
                 )
             yield self._node.commit(batch)
         with self._lock:
@@ -559,15 +560,30 @@ class BlobStore(Service):
         return deleted
 
 
-def held_by(connection, account_id, blob_hashes):
+def held_by(connection, account_id, principal_id, blob_hashes):
     """
-    @return: which of C{blob_hashes} the account holds (an upload of its
-        own, or a copy it was given, that has not expired).
+    @return: which of C{blob_hashes} the principal holds in the account (an
+        upload of its own, or a copy it made, that has not expired).
     """
     table = schema.blob_temp
     rows = connection.execute(
         select(table.c.blob_hash).where(
-            (table.c.account_id == account_id) & table.c.blob_hash.in_(sorted(blob_hashes))
+            (table.c.account_id == account_id)
+            & (table.c.principal_id == principal_id)
+            & table.c.blob_hash.in_(sorted(blob_hashes))
         )
     )
     return set(rows.scalars())
+
+
+def temporary_rows(account_id, principal_id, blob_hashes, expires_at):
+    """
+    @return: a batch that (re)places the C{blob_temp} rows keeping blobs
+        alive in an account for a principal until C{expires_at}.
+    """
+    batch = WriteBatch()
+    for blob_hash in sorted(blob_hashes):
+        key = {"account_id": account_id, "blob_hash": blob_hash, "principal_id": principal_id}
+        batch.delete("blob_temp", **key)
+        batch.insert("blob_temp", expires_at=expires_at, **key)
+    return batch

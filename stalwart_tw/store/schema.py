@@ -142,12 +142,15 @@ blobs = Table(
 )
 
 # Uploaded blobs not yet referenced: each keeps its file alive until
-# expires_at (seconds since the epoch), for the account that uploaded it.
+# expires_at (seconds since the epoch), in the account it was uploaded to,
+# for the principal who uploaded it: until data references it, only they may
+# see it, even in a shared account (RFC 8620 section 6.1).
 blob_temp = Table(
     "blob_temp",
     metadata,
     Column("account_id", BigInteger, primary_key=True, autoincrement=False),
     Column("blob_hash", String(64), primary_key=True),
+    Column("principal_id", BigInteger, primary_key=True, autoincrement=False),
     Column("expires_at", BigInteger, nullable=False),
 )
 Index("blob_temp_by_hash", blob_temp.c.blob_hash)
