@@ -238,6 +238,21 @@ class EventSourceTests(SiteTestCase):
         self.assertEqual(state, format(result.modseqs[admin.id], "x"))
 
     @defer.inlineCallbacks
+    def test_principal_change_announced_under_own_account(self):
+        """A directory change reaches the stream as a Principal state of the user's account."""
+        from stalwart_tw.jmap.session import account_id
+
+        admin = yield self.service.directory.get("admin")
+        response, chunks, finished = yield self.open_stream(
+            "types=Principal&closeafter=state&ping=0")
+        yield self.service.directory.create_principal("individual", "carol")
+        yield finished
+        text = b"".join(chunks).decode()
+        data = json.loads(text[text.index("event: state"):].split("data: ", 1)[1].split("\n")[0])
+        self.assertEqual(list(data["changed"]), [account_id(admin.id)])
+        self.assertIn("Principal", data["changed"][account_id(admin.id)])
+
+    @defer.inlineCallbacks
     def test_bad_query(self):
         """A malformed closeafter is a 400 problem document, not a stream."""
         response, body = yield self.request(

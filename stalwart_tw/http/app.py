@@ -45,7 +45,11 @@ from stalwart_tw.jmap.principal import (
     register_principals,
 )
 from stalwart_tw.jmap.principal_query import register_principal_query
-from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
+from stalwart_tw.jmap.push import (
+    EventSourceStream,
+    SharedStateBus,
+    parse_eventsource_query,
+)
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import (
     accessible_accounts,
@@ -286,7 +290,11 @@ class JmapHttp:
         self._threadpool = threadpool
         self.methods = MethodRegistry()
         register_core(self.methods)
-        self._bus = bus
+        # Principal states are the directory's (account 0), announced under
+        # every account the subscriber watches.
+        self._bus = None if bus is None else SharedStateBus(
+            bus, {DIRECTORY_ACCOUNT: {CHANGE_TYPE}}
+        )
         self._principals = None
         if store is not None:
             self._principals = register_principals(self.methods, directory, store, settings)

@@ -210,6 +210,40 @@ def _parse_ping(text):
     return min(max(seconds, PING_MIN_SECONDS), PING_MAX_SECONDS)
 
 
+class SharedStateBus:
+    """
+    A view of a L{StateChangeBus} that also tells every subscriber of the
+    state of types kept once for the whole server. Principals are the
+    directory's, logged under account 0, yet each account that has the
+    principals capability has a Principal state: a change to the directory
+    is announced under each account the subscriber watches.
+
+    @param shared: account number -> the type names it holds for everyone.
+    """
+
+    def __init__(self, bus, shared):
+        self._bus = bus
+        self._shared = {account_id(number): set(types) for number, types in shared.items()}
+        self._shared_numbers = tuple(shared)
+
+    def subscribe(self, account_ids, callback):
+        own = [account_id(number) for number in account_ids]
+
+        def translate(changed):
+            result = {jmap_id: dict(types) for jmap_id, types in changed.items()
+                      if jmap_id in own}
+            for shared_id, type_names in self._shared.items():
+                states = {name: state for name, state in changed.get(shared_id, {}).items()
+                          if name in type_names}
+                if states:
+                    for jmap_id in own:
+                        result.setdefault(jmap_id, {}).update(states)
+            if result:
+                callback(result)
+
+        return self._bus.subscribe((*account_ids, *self._shared_numbers), translate)
+
+
 def parse_eventsource_query(args):
     """
     Read the EventSource query parameters; missing ones take the spec's
