@@ -262,6 +262,17 @@ def _attachment(name):
     return "attachment; filename*=UTF-8''" + quote(name, safe=_ATTR_CHAR_EXTRA)
 
 
+class Refused(Exception):
+    """
+    A route answers early (503, 401, 404): C{answer} is the body, the
+    status and headers already set on the request.
+    """
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+
+
 class JmapHttp:
     """
     The HTTP routes of one node.
@@ -340,6 +351,37 @@ class JmapHttp:
             return None
         return await self._directory.authenticate(*credentials)
 
+    @app.handle_errors(Refused)
+    def refused(self, request, failure):
+        return failure.value.answer
+
+    async def _caller(self, request):
+        """
+        @return: the authenticated principal of C{request}.
+        @raise Refused: with a 503 while the node starts, a 401 and the
+            challenge without valid credentials.
+        """
+        if not self._is_ready():
+            raise Refused(self._unavailable(request))
+        principal = await self._authenticate(request)
+        if principal is None:
+            raise Refused(self._challenge(request))
+        return principal
+
+    async def _blob_caller(self, request, account):
+        """
+        @return: C{(principal, account number)} for a blob route.
+        @raise Refused: as L{_caller}, and with a 404 for an account the
+            caller may not use.
+        """
+        principal = await self._caller(request)
+        number = await self._account_of(principal, account)
+        if number is None:
+            raise Refused(self._not_found(request, "No such account."))
+        if self._blobs is None:
+            raise Refused(self._no_blobs(request))
+        return principal, number
+
     @app.handle_errors(HTTPException)
     def routing_error(self, request, failure):
         # No such route, or a method the route does not take.
@@ -359,11 +401,7 @@ class JmapHttp:
     @app.route("/.well-known/jmap", methods=["GET"])
     @app.route("/jmap/session", methods=["GET"])
     async def session(self, request):
-        if not self._is_ready():
-            return self._unavailable(request)
-        principal = await self._authenticate(request)
-        if principal is None:
-            return self._challenge(request)
+        principal = await self._caller(request)
         return json_response(request, await self._session(principal))
 
     async def _session(self, principal):
@@ -395,11 +433,9 @@ class JmapHttp:
     @app.route("/jmap/eventsource", methods=["GET"])
     @app.route("/jmap/eventsource/", methods=["GET"])
     async def event_source(self, request):
-        if not self._is_ready() or self._bus is None:
+        if self._bus is None:
             return self._unavailable(request)
-        principal = await self._authenticate(request)
-        if principal is None:
-            return self._challenge(request)
+        principal = await self._caller(request)
         try:
             options = parse_eventsource_query(request.args)
         except ValueError as error:
@@ -418,11 +454,7 @@ class JmapHttp:
     @app.route("/jmap", methods=["POST"])
     @app.route("/jmap/", methods=["POST"])
     async def api(self, request):
-        if not self._is_ready():
-            return self._unavailable(request)
-        principal = await self._authenticate(request)
-        if principal is None:
-            return self._challenge(request)
+        principal = await self._caller(request)
         try:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
@@ -480,16 +512,7 @@ class JmapHttp:
     @app.route("/jmap/upload/<account>", methods=["POST"])
     @app.route("/jmap/upload/<account>/", methods=["POST"])
     async def upload(self, request, account):
-        if not self._is_ready():
-            return self._unavailable(request)
-        principal = await self._authenticate(request)
-        if principal is None:
-            return self._challenge(request)
-        number = await self._account_of(principal, account)
-        if number is None:
-            return self._not_found(request, "No such account.")
-        if self._blobs is None:
-            return self._no_blobs(request)
+        principal, number = await self._blob_caller(request, account)
         try:
             size = self._check_upload_size(request)
             work = ensureDeferred(self._store_upload(request, number, principal.id, size))
@@ -543,16 +566,7 @@ class JmapHttp:
 
     @app.route("/jmap/download/<account>/<blob_id>/<filename:name>", methods=["GET"])
     async def download(self, request, account, blob_id, name):
-        if not self._is_ready():
-            return self._unavailable(request)
-        principal = await self._authenticate(request)
-        if principal is None:
-            return self._challenge(request)
-        number = await self._account_of(principal, account)
-        if number is None:
-            return self._not_found(request, "No such account.")
-        if self._blobs is None:
-            return self._no_blobs(request)
+        principal, number = await self._blob_caller(request, account)
         try:
             data = await self._read_visible_blob(number, principal.id, blob_id)
         except BlobMissing:
