@@ -1,12 +1,19 @@
 """
-What several test modules need: a real store with a local node on it, and
-an Argon2 hasher cheap enough for a test suite.
+What several test modules need: a real store with a local node on it, an
+Argon2 hasher cheap enough for a test suite, and a whole node started in
+this process with an HTTP client that talks to it over loopback.
 """
 
+import os
+
 from argon2 import PasswordHasher
+from treq.client import HTTPClient
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from stalwart_tw.cluster.node import LocalNode
+from stalwart_tw.config import load_settings
 from stalwart_tw.store.engine import Store
 
 
@@ -30,3 +37,60 @@ def open_store_and_node(test, path=None, reader_threads=4):
     yield node.startService()
     test.addCleanup(lambda: node.stopService() if node.running else None)
     return store, node
+
+
+def node_settings(test, **overrides):
+    """Settings of a test node: its own data folder, ephemeral port, no shell."""
+    values = {
+        "db-path": os.path.abspath(test.mktemp()),
+        "jmap-port": "0",
+        "manhole-port": "0",
+        "admin-secret": "service-secret",
+    }
+    values.update(overrides)
+    return load_settings(None, values, {})
+
+
+class NodeServiceMixin:
+    """
+    Start a node in this process, with cheap Argon2, stopped when the test
+    ends; talk to it with a client that keeps no connection open.
+    """
+
+    @inlineCallbacks
+    def start(self, settings):
+        from stalwart_tw.service import NodeService
+
+        service = NodeService(settings)
+        # Argon2 at production cost makes the suite slow and proves nothing more.
+        service.directory._hasher = cheap_hasher()
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        yield service._starting
+        self.assertTrue(service.ready)
+        return service
+
+    def client(self, policy=None):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        if policy is None:
+            return HTTPClient(Agent(reactor, pool=pool))
+        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    @inlineCallbacks
+    def start_with_client(self, **overrides):
+        """Start a node with these settings; C{self.base} is its URL."""
+        self.service = yield self.start(node_settings(self, **overrides))
+        self.base = f"http://127.0.0.1:{self.service.ports['JMAP'].getHost().port}"
+        self.http = self.client()
+        return self.service
+
+    @inlineCallbacks
+    def request(self, method, path, headers=None, data=None):
+        response = yield self.http.request(method, self.base + path, headers=headers, data=data)
+        body = yield response.content()
+        return response, body
+
+    def header(self, response, name):
+        values = response.headers.getRawHeaders(name)
+        return values[0] if values else None

@@ -17,7 +17,7 @@ from twisted.web import resource, server
 
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.store.batch import WriteBatch
-from tests.test_service import NodeServiceMixin, node_settings
+from tests.support import NodeServiceMixin, node_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

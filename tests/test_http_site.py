@@ -7,16 +7,12 @@ import json
 from base64 import b64encode
 
 from treq import collect as treq_collect
-from treq.client import HTTPClient
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from stalwart_tw.service import NodeService
-from tests.support import cheap_hasher
-from tests.test_service import node_settings
+from tests.support import NodeServiceMixin
 
 ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:service-secret")]}
 PAGE = b"https://webmail.example.net"
@@ -46,31 +42,11 @@ class ChunkedBody:
         pass
 
 
-class SiteTestCase(TestCase):
+class SiteTestCase(NodeServiceMixin, TestCase):
     settings_overrides = {}
 
-    @defer.inlineCallbacks
     def setUp(self):
-        self.service = NodeService(node_settings(self, **self.settings_overrides))
-        self.service.directory._hasher = cheap_hasher()
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        yield self.service._starting
-        port = self.service.ports["JMAP"].getHost().port
-        self.base = f"http://127.0.0.1:{port}"
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = HTTPClient(Agent(reactor, pool=pool))
-
-    @defer.inlineCallbacks
-    def request(self, method, path, headers=None, data=None):
-        response = yield self.http.request(method, self.base + path, headers=headers, data=data)
-        body = yield response.content()
-        return response, body
-
-    def header(self, response, name):
-        values = response.headers.getRawHeaders(name)
-        return values[0] if values else None
+        return self.start_with_client(**self.settings_overrides)
 
 
 class CorsTests(SiteTestCase):

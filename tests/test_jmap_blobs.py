@@ -12,16 +12,12 @@ from base64 import b64encode
 from urllib.parse import quote
 
 from blake3 import blake3
-from treq.client import HTTPClient
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from stalwart_tw.jmap.session import account_id
-from stalwart_tw.service import NodeService
-from tests.support import cheap_hasher
+from tests.support import NodeServiceMixin
 from tests.test_http_site import ChunkedBody
-from tests.test_service import node_settings
 
 CORE = "urn:ietf:params:jmap:core"
 LIMIT = "urn:ietf:params:jmap:error:limit"
@@ -35,7 +31,7 @@ JANE = basic("jane", "jane-pw")
 BOB = basic("bob", "bob-pw")
 
 
-class BlobSiteTestCase(TestCase):
+class BlobSiteTestCase(NodeServiceMixin, TestCase):
     """
     A started node with two users, jane and bob, and a group "team" that
     jane belongs to.
@@ -45,30 +41,11 @@ class BlobSiteTestCase(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        service = self.service = NodeService(node_settings(self, **self.settings_overrides))
-        service.directory._hasher = cheap_hasher()
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service._starting
+        service = yield self.start_with_client(**self.settings_overrides)
         directory = service.directory
         self.jane = yield directory.create_principal("individual", "jane", secret="jane-pw")
         self.bob = yield directory.create_principal("individual", "bob", secret="bob-pw")
         self.team = yield directory.create_principal("group", "team", members=["jane"])
-        port = service.ports["JMAP"].getHost().port
-        self.base = f"http://127.0.0.1:{port}"
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = HTTPClient(Agent(reactor, pool=pool))
-
-    @defer.inlineCallbacks
-    def request(self, method, path, headers=None, data=None):
-        response = yield self.http.request(method, self.base + path, headers=headers, data=data)
-        body = yield response.content()
-        return response, body
-
-    def header(self, response, name):
-        values = response.headers.getRawHeaders(name)
-        return values[0] if values else None
 
     def upload(self, data, account=None, headers=JANE, content_type=None):
         headers = dict(headers)

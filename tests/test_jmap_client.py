@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.principal import principal_id
 from stalwart_tw.jmap.session import account_id
-from tests.test_service import NodeServiceMixin, node_settings
+from tests.support import NodeServiceMixin, node_settings
 
 
 class JmapcTests(NodeServiceMixin, TestCase):

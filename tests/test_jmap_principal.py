@@ -6,16 +6,12 @@ Principal/get and Principal/changes over real HTTP: the standard /get and
 import json
 from base64 import b64encode
 
-from treq.client import HTTPClient
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from stalwart_tw.jmap.principal import principal_id, principal_number
 from stalwart_tw.jmap.session import account_id
-from stalwart_tw.service import NodeService
-from tests.support import cheap_hasher
-from tests.test_service import node_settings
+from tests.support import NodeServiceMixin
 
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:principals"]
 
@@ -25,17 +21,12 @@ def credentials(login, password):
             b"Content-Type": [b"application/json"]}
 
 
-class PrincipalTestCase(TestCase):
+class PrincipalTestCase(NodeServiceMixin, TestCase):
     settings_overrides = {}
 
     @defer.inlineCallbacks
     def setUp(self):
-        service = self.service = NodeService(node_settings(self, **self.settings_overrides))
-        service.directory._hasher = cheap_hasher()
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service._starting
+        service = yield self.start_with_client(**self.settings_overrides)
         directory = service.directory
         self.admin = yield directory.get("admin")
         yield directory.create_principal("domain", "example.org")
@@ -44,9 +35,7 @@ class PrincipalTestCase(TestCase):
         )
         self.bob = yield directory.create_principal("individual", "bob", secret="bob-pw")
         self.sales = yield directory.create_principal("group", "sales", members=["jane"])
-        port = service.ports["JMAP"].getHost().port
-        self.url = f"http://127.0.0.1:{port}/jmap/"
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        self.url = self.base + "/jmap/"
 
     @defer.inlineCallbacks
     def call(self, who, calls, using=USING):

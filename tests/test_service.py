@@ -8,13 +8,11 @@ import os
 from base64 import b64encode
 
 import trustme
-from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -22,23 +20,12 @@ from stalwart_tw.auth.basic import parse_basic
 from stalwart_tw.config import SETTINGS, load_settings
 from stalwart_tw.http.app import JmapHttp
 from stalwart_tw.service import NodeService, Options, StartupError, tls_options
-from tests.support import cheap_hasher
+from tests.support import NodeServiceMixin, node_settings
 
 
 def basic(login, password):
     token = b64encode(f"{login}:{password}".encode())
     return {b"Authorization": [b"Basic " + token]}
-
-
-def node_settings(test, **overrides):
-    values = {
-        "db-path": os.path.abspath(test.mktemp()),
-        "jmap-port": "0",
-        "manhole-port": "0",
-        "admin-secret": "service-secret",
-    }
-    values.update(overrides)
-    return load_settings(None, values, {})
 
 
 @implementer(IPolicyForHTTPS)
@@ -53,29 +40,6 @@ class TrustOneAuthority:
             hostname.decode("ascii"), trustRoot=self._authority
         )
 
-
-class NodeServiceMixin:
-    """
-    Start a node in this process, with cheap Argon2, stopped when the test ends.
-    """
-
-    @defer.inlineCallbacks
-    def start(self, settings):
-        service = NodeService(settings)
-        # Argon2 at production cost makes the suite slow and proves nothing more.
-        service.directory._hasher = cheap_hasher()
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        yield service._starting
-        self.assertTrue(service.ready)
-        return service
-
-    def client(self, policy=None):
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        if policy is None:
-            return HTTPClient(Agent(reactor, pool=pool))
-        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
 class NodeServiceTests(NodeServiceMixin, TestCase):
     """

@@ -55,7 +55,7 @@ class Request:
 
 
 class _DuplicateMember(ValueError):
-    pass
+    """An object names one member twice: not I-JSON."""
 
 
 def _object_without_duplicates(pairs):
