@@ -111,6 +111,15 @@ def _read_and_parse(content, limit, capabilities, max_calls):
     return parse_request(body, capabilities, max_calls)
 
 
+def _busy(request, count, what, limit_name):
+    # 429: the account already has as many of these in progress as allowed.
+    error = RequestError(
+        LIMIT, f"{count} {what} of this account are already in progress",
+        status=429, limit=limit_name,
+    )
+    return jmap_problem(request, error)
+
+
 def jmap_problem(request, error):
     """
     Answer with the problem document of a request-level JMAP error.
@@ -464,12 +473,7 @@ class JmapHttp:
         except RequestError as error:
             return jmap_problem(request, error)
         except LimitReached:
-            return jmap_problem(request, RequestError(
-                LIMIT,
-                f"{self._requests.limit} requests of this account are already in progress",
-                status=429,
-                limit="maxConcurrentRequests",
-            ))
+            return _busy(request, self._requests.limit, "requests", "maxConcurrentRequests")
         return json_response(request, response)
 
     async def _run(self, parsed, principal):
@@ -520,12 +524,7 @@ class JmapHttp:
         except RequestError as error:
             return jmap_problem(request, error)
         except LimitReached:
-            return jmap_problem(request, RequestError(
-                LIMIT,
-                f"{self._uploads.limit} uploads to this account are already in progress",
-                status=429,
-                limit="maxConcurrentUpload",
-            ))
+            return _busy(request, self._uploads.limit, "uploads", "maxConcurrentUpload")
         content_type = request.getHeader(b"Content-Type") or DEFAULT_BLOB_TYPE.encode()
         request.setResponseCode(201)
         return json_response(request, {
