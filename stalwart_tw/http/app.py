@@ -52,7 +52,6 @@ from stalwart_tw.jmap.push import (
 )
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import (
-    accessible_accounts,
     account_id,
     account_number,
     session_document,
@@ -97,6 +96,21 @@ def _content_length(request):
         return int(request.getHeader(b"Content-Length") or 0)
     except ValueError:
         return 0
+
+
+def check_body_size(request, limit, what, limit_name, size=None):
+    """
+    @return: the size of the body (received, declared, or C{size}).
+    @raise RequestError: C{limit} naming C{limit_name} when it passes C{limit}.
+    """
+    if size is None:
+        size = max(getattr(request, "body_size", 0), _content_length(request))
+    if getattr(request, "body_too_large", False) or size > limit:
+        raise RequestError(
+            LIMIT, f"the {what} is {size} bytes; the server takes at most {limit}",
+            limit=limit_name,
+        )
+    return size
 
 
 def _read_and_parse(content, limit, capabilities, max_calls):
@@ -333,7 +347,7 @@ class JmapHttp:
             # The reactor is the blob store's clock too (service.py), so copies
             # expire on the same clock as uploads.
             self._blob_access = BlobAccess(
-                blobs, store, node, directory, reactor, settings.max_objects_in_set
+                blobs, store, node, reactor, settings.max_objects_in_set
             )
             register_blobs(self.methods, self._blob_access)
 
@@ -449,7 +463,7 @@ class JmapHttp:
             options = parse_eventsource_query(request.args)
         except ValueError as error:
             return problem(request, 400, "Bad Request", str(error))
-        accounts = await accessible_accounts(self._directory, principal)
+        accounts = await self._accounts(principal)
         stream = EventSourceStream(
             request,
             self._bus,
@@ -477,7 +491,7 @@ class JmapHttp:
         return json_response(request, response)
 
     async def _run(self, parsed, principal):
-        accounts = [account_number(a) for a in (await self._session(principal))["accounts"]]
+        accounts = await self._accounts(principal)
         response = await run_request(self.methods, parsed, principal, None, accounts)
         # After the methods: a call may have changed the session.
         response["sessionState"] = (await self._session(principal))["state"]
@@ -488,13 +502,7 @@ class JmapHttp:
         if content_type.split(b";")[0].strip() != b"application/json":
             raise RequestError(NOT_JSON, "the request's Content-Type is not application/json")
         limit = self._settings.max_size_request
-        size = max(getattr(request, "body_size", 0), _content_length(request))
-        if getattr(request, "body_too_large", False) or size > limit:
-            raise RequestError(
-                LIMIT,
-                f"the request is {size} bytes; the server takes at most {limit}",
-                limit="maxSizeRequest",
-            )
+        size = check_body_size(request, limit, "request", "maxSizeRequest")
         arguments = (
             request.content, limit, self.methods.capabilities(),
             self._settings.max_calls_in_request,
@@ -506,10 +514,15 @@ class JmapHttp:
             self._reactor, self._threadpool, _read_and_parse, *arguments
         )
 
+    async def _accounts(self, principal):
+        # The accounts a user may use are those of their Session (cached
+        # until the directory changes): one rule for every route.
+        return [account_number(text) for text in (await self._session(principal))["accounts"]]
+
     async def _account_of(self, principal, text):
         # The principal id behind text, if principal may use that account.
         number = account_number(text)
-        if number is None or number not in await accessible_accounts(self._directory, principal):
+        if number is None or number not in await self._accounts(principal):
             return None
         return number
 
@@ -543,16 +556,9 @@ class JmapHttp:
         return blob_hash, size
 
     def _check_upload_size(self, request, size=None):
-        limit = self._settings.max_size_upload
-        if size is None:
-            size = max(getattr(request, "body_size", 0), _content_length(request))
-        if getattr(request, "body_too_large", False) or size > limit:
-            raise RequestError(
-                LIMIT,
-                f"the upload is {size} bytes; the server takes at most {limit}",
-                limit="maxSizeUpload",
-            )
-        return size
+        return check_body_size(
+            request, self._settings.max_size_upload, "upload", "maxSizeUpload", size
+        )
 
     async def _read_upload(self, request, size):
         # A big body sits in a temporary file: read it off the reactor.

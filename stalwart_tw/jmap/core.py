@@ -29,7 +29,7 @@ from stalwart_tw.jmap.errors import (
     MethodError,
     invalid_arguments,
 )
-from stalwart_tw.jmap.session import accessible_accounts, account_id, account_number
+from stalwart_tw.jmap.session import account_id, account_number
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.blobs import held_by, is_blob_hash, temporary_rows
 from stalwart_tw.store.errors import BlobMissing
@@ -67,17 +67,15 @@ class BlobAccess:
     @param blobs: the node's L{BlobStore}.
     @param store: the L{Store} read for C{blob_temp} rows.
     @param node: the node through which copies are committed.
-    @param directory: the L{Directory} that says which accounts a user reaches.
     @param clock: the IReactorTime that expiry is computed from (the blob
         store's clock, so that its purge agrees).
     @param max_blobs: the most blob ids one Blob/copy takes (maxObjectsInSet).
     """
 
-    def __init__(self, blobs, store, node, directory, clock, max_blobs):
+    def __init__(self, blobs, store, node, clock, max_blobs):
         self._blobs = blobs
         self._store = store
         self._node = node
-        self._directory = directory
         self._clock = clock
         self._max_blobs = max_blobs
 
@@ -98,7 +96,7 @@ class BlobAccess:
         Blob/copy (RFC 8620 section 6.3).
         """
         from_text, to_text, blob_ids = self._check_copy_arguments(arguments)
-        accounts = await accessible_accounts(self._directory, context.principal)
+        accounts = context.accounts
         target, source = account_number(to_text), account_number(from_text)
         if target not in accounts:
             raise MethodError(ACCOUNT_NOT_FOUND, f"no account {to_text!r}")

@@ -65,17 +65,20 @@ class MethodRegistry:
 
     def __init__(self):
         self._methods = {}
+        self._capabilities = frozenset()
 
     def register(self, name, capability, handler):
         if name in self._methods:
             raise ValueError(f"method {name!r} is registered twice")
         self._methods[name] = Method(name, capability, handler)
+        # Read on every request: kept ready rather than rebuilt each time.
+        self._capabilities = self._capabilities | {capability}
 
     def get(self, name):
         return self._methods.get(name)
 
     def capabilities(self):
-        return {method.capability for method in self._methods.values()}
+        return self._capabilities
 
 
 async def run_request(registry, request, principal, session_state, accounts=()):

@@ -30,16 +30,6 @@ def account_number(text):
     return decode_id(ACCOUNT_PREFIX, text)
 
 
-async def accessible_accounts(directory, principal):
-    """
-    The accounts a principal may use: its own, and those of the groups it
-    belongs to.
-
-    @return: the principal ids of those accounts, own first.
-    """
-    return [principal.id, *await directory.groups_of(principal.id)]
-
-
 def core_capability(settings):
     """
     @return: the urn:ietf:params:jmap:core capability, limits from settings.
