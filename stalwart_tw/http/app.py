@@ -263,7 +263,9 @@ def make_site(http, settings):
     """
     @return: the twisted.web Site serving the app of C{http}.
     """
-    site = JmapSite(http.resource(), requestFactory=JmapRequest)
+    # JMAP bodies are JSON or blobs, never HTML forms: Twisted's form
+    # parsing (a MIME parse of Content-Type per POST) would be wasted work.
+    site = JmapSite(http.resource(), requestFactory=JmapRequest, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     site.cors = CorsPolicy(settings)
     site.max_body = max(settings.max_size_request, settings.max_size_upload)

@@ -93,7 +93,10 @@ async def run_request(registry, request, principal, session_state, accounts=()):
     )
     responses = []
     for call in request.calls:
-        responses.extend(await _run_call(registry, context, call, responses))
+        answer = _run_call(registry, context, call, responses)
+        if type(answer) is not list:
+            answer = await answer
+        responses.extend(answer)
     document = {
         "methodResponses": [response.as_json() for response in responses],
         "sessionState": session_state,
@@ -103,7 +106,10 @@ async def run_request(registry, request, principal, session_state, accounts=()):
     return document
 
 
-async def _run_call(registry, context, call, responses):
+def _run_call(registry, context, call, responses):
+    # The call's response invocations, or an awaitable of them when the
+    # method answers later: most answer at once, and a coroutine per call
+    # would cost more than many of the methods themselves.
     method = registry.get(call.name)
     try:
         if method is None:
@@ -113,18 +119,36 @@ async def _run_call(registry, context, call, responses):
                 UNKNOWN_METHOD,
                 f"{call.name} needs {method.capability!r} in the request's 'using'",
             )
-        arguments = resolve_references(call.arguments, responses)
-        result = method.handler(context, arguments)
-        if inspect.isawaitable(result):
-            result = await result
-    except MethodError as error:
-        return [Invocation("error", error.arguments(), call.call_id)]
+        result = method.handler(context, resolve_references(call.arguments, responses))
+    except Exception as error:
+        return _failed(call, error)
+    if type(result) is dict:
+        return [Invocation(call.name, result, call.call_id)]
+    if inspect.isawaitable(result):
+        return _awaited(call, result)
+    return _invocations(call, result)
+
+
+async def _awaited(call, pending):
+    try:
+        result = await pending
     except CancelledError:
         raise
-    except Exception:
-        log.failure("method {name} failed", name=call.name)
-        error = MethodError(SERVER_FAIL, f"{call.name} failed unexpectedly; the error is logged")
-        return [Invocation("error", error.arguments(), call.call_id)]
+    except Exception as error:
+        return _failed(call, error)
+    return _invocations(call, result)
+
+
+def _invocations(call, result):
     if isinstance(result, list):
         return [Invocation(name, arguments, call.call_id) for name, arguments in result]
     return [Invocation(call.name, result, call.call_id)]
+
+
+def _failed(call, error):
+    if not isinstance(error, MethodError):
+        # Called inside the except block: the failure logged is this one.
+        log.failure("method {name} failed", name=call.name)
+        error = MethodError(SERVER_FAIL, f"{call.name} failed unexpectedly; the error is logged")
+    return [Invocation("error", error.arguments(), call.call_id)]
+

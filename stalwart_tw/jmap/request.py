@@ -14,6 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import orjson
+
 from stalwart_tw.jmap.errors import (
     INVALID_RESULT_REFERENCE,
     LIMIT,
@@ -97,8 +99,46 @@ def decode_json(body):
     """
     Decode a request body as I-JSON.
 
+    orjson decodes; it keeps the last of repeated member names and takes
+    integers past 2**53 silently, so two cheap counts (member names in the
+    body and in orjson's own encoding of what it decoded, which also
+    refuses those integers) tell whether it saw the body exactly as
+    I-JSON reads it. Anything it refused or may have read differently is
+    decoded again by the exact decoder, whose error says what is wrong.
+
     @raise RequestError: C{notJSON}, saying where the body stopped making sense.
     """
+    try:
+        document = orjson.loads(body)
+        canonical = orjson.dumps(document, option=orjson.OPT_STRICT_INTEGER)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return _decode_exactly(body)
+    if (
+        _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO)
+        or len(_NAME_END.findall(_without_escapes(body)))
+        != _without_escapes(canonical).count(b'":')  # orjson writes no whitespace
+    ):
+        return _decode_exactly(body)
+    return document
+
+
+# orjson turns integers past 64 bits into doubles: 19 digits in a row send
+# a body to the exact decoder (no I-JSON integer has that many).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+# In JSON text without escapes, a string followed by ':' is a member name.
+_NAME_END = re.compile(rb'"[ \t\r\n]*:')
+
+
+def _without_escapes(text):
+    # Once escaped backslashes and quotes are gone, every quote left in
+    # valid JSON text opens or closes a string.
+    if b"\\" in text:
+        return text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return text
+
+
+def _decode_exactly(body):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -202,7 +242,10 @@ def resolve_references(arguments, responses):
         plain and referenced or a reference is malformed,
         C{invalidResultReference} when one does not resolve.
     """
-    if not any(name.startswith("#") for name in arguments):
+    for name in arguments:
+        if name[:1] == "#":
+            break
+    else:
         return arguments
     resolved = {}
     for name, value in arguments.items():
