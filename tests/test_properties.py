@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.errors import RequestError
 from stalwart_tw.jmap.ids import decode_id, encode_id
-from stalwart_tw.jmap.request import evaluate_pointer, parse_request
+from stalwart_tw.jmap.request import _decode_exactly, decode_json, evaluate_pointer, parse_request
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.errors import InvalidBatch
 
@@ -24,6 +24,30 @@ JSON = st.recursive(
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
+
+# JSON text as clients may write it: members repeated or not, any spacing,
+# escapes, integers past what I-JSON allows, digits inside strings.
+_SPACE = st.sampled_from(["", " ", "\n  ", "\t", "\r\n"])
+_KEY = st.sampled_from(["a", "b", 'q"', "s\\", "c:", "é", "1234567890123456789"])
+_SCALAR = (
+    st.integers(min_value=-(2**70), max_value=2**70).map(str)
+    | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.sampled_from(["true", "false", "null", "NaN", '"\\ud800"', '"\\u003a"'])
+    | st.text(max_size=6).map(lambda text: json.dumps(text, ensure_ascii=False))
+)
+
+
+def _text_of(children):
+    def members(pairs, space):
+        inner = ",".join(f"{space}{json.dumps(k)}{space}:{space}{v}" for k, v in pairs)
+        return "{" + inner + space + "}"
+
+    return st.lists(children, max_size=4).map(lambda items: "[" + ", ".join(items) + "]") | st.builds(
+        members, st.lists(st.tuples(_KEY, children), max_size=4), _SPACE
+    )
+
+
+JSON_TEXT = st.recursive(_SCALAR, _text_of, max_leaves=12)
 
 
 class DecodingPropertyTests(TestCase):
@@ -49,6 +73,19 @@ class DecodingPropertyTests(TestCase):
             parse_request(json.dumps(document).encode(), {"urn:ietf:params:jmap:core"}, 16)
         except RequestError as error:
             self.assertIn(error.kind, {"notRequest", "unknownCapability", "limit"})
+
+    @settings(max_examples=500, deadline=None)
+    @given(JSON_TEXT)
+    def test_fast_decoding_agrees_with_exact(self, text):
+        """orjson's fast path reads every body as the exact I-JSON decoder does."""
+        body = text.encode("utf-8", "surrogatepass")
+        outcomes = []
+        for decode in (decode_json, _decode_exactly):
+            try:
+                outcomes.append(("value", decode(body)))
+            except RequestError as error:
+                outcomes.append(("error", error.kind, str(error)))
+        self.assertEqual(outcomes[0], outcomes[1])
 
     @settings(max_examples=200, deadline=None)
     @given(JSON, st.text(max_size=12))

@@ -4,6 +4,7 @@ plain and TLS connections, Basic authentication, and a shutdown that loses
 no write.
 """
 
+import json
 import os
 from base64 import b64encode
 
@@ -224,6 +225,10 @@ class FakeDirectory:
     def groups_of(self, principal_id):
         return defer.succeed([])
 
+    def recently_verified(self, login, password):
+        # Nothing is cached: every request counts as an attempt.
+        return None
+
     def authenticate(self, login, password):
         self.attempts.append((login, password))
         principal = self._accounts.get((login, password))
@@ -299,6 +304,28 @@ class SessionAuthenticationTests(TestCase):
         self.assertIn(b'"status":500', body)
         self.assertNotIn(b"boom", body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_api_answers_like_every_route(self):
+        """
+        The API endpoint skips Klein's router, not its answers: a 401 with
+        the challenge, a 500 problem document for a failure, a 405 for GET.
+        """
+        url = "http://127.0.0.1/jmap/"
+        echo = b'{"using":["urn:ietf:params:jmap:core"],"methodCalls":[["Core/echo",{},"c"]]}'
+        response = yield self.treq.post(url, echo)
+        self.assertEqual(response.code, 401)
+        self.assertTrue(response.headers.getRawHeaders(b"WWW-Authenticate"))
+        response = yield self.treq.post(url, echo, headers=basic("jane", "pässword"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual((yield response.json())["methodResponses"], [["Core/echo", {}, "c"]])
+        self.directory.authenticate = lambda login, password: defer.fail(RuntimeError("boom"))
+        response = yield self.treq.post(url, echo, headers=basic("jane", "pässword"))
+        self.assertEqual(response.code, 500)
+        self.assertEqual(json.loads((yield response.content()))["status"], 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        response = yield self.treq.get(url, headers=basic("jane", "pässword"))
+        self.assertEqual(response.code, 405)
 
     def test_parse_basic(self):
         """A password may contain colons; the login may not be empty."""

@@ -27,9 +27,10 @@ from urllib.parse import quote
 
 import orjson
 from klein import Klein
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.server import Request, Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -287,6 +288,28 @@ def _attachment(name):
     return "attachment; filename*=UTF-8''" + quote(name, safe=_ATTR_CHAR_EXTRA)
 
 
+class JmapResource(Resource):
+    """
+    The root of the JMAP site. The API endpoint, called thousands of times
+    a second, goes straight to its route; every other path goes through
+    Klein's router, whose matching would cost as much as a small request.
+    """
+
+    isLeaf = True
+
+    def __init__(self, http, routed):
+        super().__init__()
+        self._http = http
+        self._routed = routed
+        self._direct = http.direct_routes()
+
+    def render(self, request):
+        route = self._direct.get((request.method, request.path))
+        if route is None:
+            return self._routed.render(request)
+        return self._http.serve_directly(route, request)
+
+
 class Refused(Exception):
     """
     A route answers early (503, 401, 404): C{answer} is the body, the
@@ -354,7 +377,47 @@ class JmapHttp:
             register_blobs(self.methods, self._blob_access)
 
     def resource(self):
-        return self.app.resource()
+        return JmapResource(self, self.app.resource())
+
+    def direct_routes(self):
+        """
+        @return: C{(method, path)} -> route, for the routes served without
+            Klein's router (L{JmapResource}).
+        """
+        return {(b"POST", b"/jmap"): self.api, (b"POST", b"/jmap/"): self.api}
+
+    def serve_directly(self, route, request):
+        """
+        Run C{route} for C{request} as Klein runs a route: its answer
+        written, a client that leaves cancels it, and a failure answered
+        by this app's error handlers.
+        """
+        work = ensureDeferred(route(request))
+        left = []
+
+        def client_left(reason):
+            left.append(reason)
+            work.cancel()
+
+        request.notifyFinish().addErrback(client_left)
+        work.addErrback(self._direct_failure, request, left)
+        work.addCallback(self._direct_answer, request, left)
+        return NOT_DONE_YET
+
+    def _direct_failure(self, failure, request, left):
+        if left:
+            if not failure.check(CancelledError):
+                self.log.failure("route failed after its client left", failure)
+            return None
+        if failure.check(Refused):
+            return self.refused(request, failure)
+        return self.server_error(request, failure)
+
+    def _direct_answer(self, body, request, left):
+        if left or body is None:
+            return
+        request.write(body)
+        request.finish()
 
     def _unavailable(self, request):
         request.setHeader(b"Retry-After", b"5")
@@ -374,6 +437,10 @@ class JmapHttp:
         credentials = parse_basic(request.getHeader(b"Authorization"))
         if credentials is None:
             return None
+        # Most requests come from a login verified moments ago: no Deferred.
+        principal = self._directory.recently_verified(*credentials)
+        if principal is not None:
+            return principal
         return await self._directory.authenticate(*credentials)
 
     @app.handle_errors(Refused)

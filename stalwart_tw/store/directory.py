@@ -504,11 +504,11 @@ class Directory:
         """
         if not isinstance(login, str) or not isinstance(password, str) or not password:
             return None
-        login = login.lower()
-        key = (login, self._digest(password))
-        cached = self._cached(key)
+        cached = self.recently_verified(login, password)
         if cached is not None:
             return cached
+        login = login.lower()
+        key = (login, self._digest(password))
         generation = self._cache_generation
         principal, secret_hash = yield self._store.read(_load_credentials, login)
         verified = yield self._in_thread(self._verify, secret_hash, password)
@@ -517,6 +517,16 @@ class Directory:
         if generation == self._cache_generation:
             self._remember(key, principal)
         return principal
+
+    def recently_verified(self, login, password):
+        """
+        @return: the L{Principal} of a login and password verified within
+            the last few seconds (and the directory unchanged since), else
+            C{None}: then L{authenticate} has to check them.
+        """
+        if not isinstance(login, str) or not isinstance(password, str):
+            return None
+        return self._cached((login.lower(), self._digest(password)))
 
     def _cached(self, key):
         entry = self._verified.get(key)
