@@ -642,6 +642,29 @@ class CacheTests(DirectoryTestCase):
         )
 
     @inlineCallbacks
+    def test_snapshot_served_until_a_change(self):
+        """
+        A snapshot read again is the same until the directory changes, by
+        this object or another path; then it is what the store holds.
+        """
+        yield self.populate()
+        alice = yield self.directory.get("alice")
+        modseq, found, _ = yield self.directory.snapshot({alice.id})
+        reads = []
+        real_read = self.store.read
+        self.patch(self.store, "read", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+        self.assertEqual((yield self.directory.snapshot({alice.id}))[1], found)
+        self.assertEqual(reads, [])
+        batch = WriteBatch().update("principals", {"id": alice.id}, description="elsewhere")
+        batch.log_change(DIRECTORY_ACCOUNT, "Principal", str(alice.id), "updated")
+        yield self.node.commit(batch)
+        new_modseq, (changed,), _ = yield self.directory.snapshot({alice.id})
+        self.assertEqual((changed.description, len(reads)), ("elsewhere", 1))
+        self.assertGreater(new_modseq, modseq)
+        yield self.directory.update("alice", description="here")
+        self.assertEqual((yield self.directory.snapshot({alice.id}))[1][0].description, "here")
+
+    @inlineCallbacks
     def test_cache_holds_no_password(self):
         """The cache keys hold a keyed digest, never the password."""
         yield self.populate()

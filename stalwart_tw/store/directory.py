@@ -55,7 +55,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from blake3 import blake3
 from sqlalchemy import select, true
-from twisted.internet.defer import fail, inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
 
 from stalwart_tw.logs import Logger
@@ -95,6 +95,8 @@ ADMIN_NAME = "admin"
 
 CACHE_SECONDS = 60
 CACHE_MAX_ENTRIES = 10_000
+# Snapshots kept until the directory changes, by the set of ids asked for.
+SNAPSHOT_CACHE_MAX_ENTRIES = 1_000
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,9 @@ class Directory:
         # Bumped by every invalidation: a verification that started before
         # it must not be cached after it.
         self._cache_generation = 0
+        # frozenset of principal ids (None: all) -> snapshot, dropped with
+        # the login cache: the directory reads far more often than it changes.
+        self._snapshots = {}
         # Random per process, so cached digests are useless outside it.
         self._cache_key = secrets.token_bytes(32)
         # Principal changes reach this node by other paths than this
@@ -266,6 +271,7 @@ class Directory:
         if CHANGE_TYPE in result.type_states.get(DIRECTORY_ACCOUNT, {}):
             self._cache_generation += 1
             self._verified = {}
+            self._snapshots = {}
 
     # Reading.
 
@@ -313,9 +319,23 @@ class Directory:
 
         @param principal_ids: the ids wanted, or None for all.
         @return: a Deferred firing with C{(modseq, principals, member name
-            -> id)}.
+            -> id)}, which callers must not change: it may be served again.
         """
-        return self._store.read(_snapshot, principal_ids)
+        key = None if principal_ids is None else frozenset(principal_ids)
+        cached = self._snapshots.get(key)
+        if cached is not None:
+            return succeed(cached)
+        generation = self._cache_generation
+
+        def remember(snapshot):
+            # Not if the directory changed while it was read.
+            if generation == self._cache_generation:
+                if len(self._snapshots) >= SNAPSHOT_CACHE_MAX_ENTRIES:
+                    self._snapshots = {}
+                self._snapshots[key] = snapshot
+            return snapshot
+
+        return self._store.read(_snapshot, principal_ids).addCallback(remember)
 
     def groups_of(self, principal_id):
         """
@@ -549,6 +569,7 @@ class Directory:
 
     def _forget(self, principal_ids):
         self._cache_generation += 1
+        self._snapshots = {}
         if principal_ids:
             self._verified = {
                 key: entry
