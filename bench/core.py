@@ -1,8 +1,9 @@
 """
-JMAP Core over HTTP: python -m bench.core [seconds] [connections]
+JMAP Core over HTTP: python -m bench.core [seconds] [connections,...]
 
 Starts a node with `twistd -n stalwart` on a free loopback port, then, from
 this one client process, keeps CONNECTIONS keep-alive HTTP connections busy
+(each count of a comma-separated list in turn; 1 and 4 by default)
 for SECONDS each round with each scenario (a 16-call Core/echo request;
 Principal/get of one id; an upload of 1 MB followed by its download), each
 connection sending its next request as soon as the previous answer has
@@ -14,6 +15,7 @@ than a client library.
 """
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -207,7 +209,7 @@ async def load(port, seconds, connections, requests):
     return len(latencies) / elapsed, latencies, errors
 
 
-async def run(seconds, connections):
+async def run(seconds, connection_counts):
     port = free_port()
     node = Node()
     with tempfile.TemporaryDirectory() as folder:
@@ -222,7 +224,9 @@ async def run(seconds, connections):
         )
         try:
             await node.ready
-            for label, make_requests in SCENARIOS:
+            for (label, make_requests), connections in itertools.product(
+                SCENARIOS, connection_counts
+            ):
                 requests = make_requests(port)
                 await load(port, 1, connections, requests)  # warm-up
                 rounds = [await load(port, seconds, connections, requests) for _ in range(3)]
@@ -238,8 +242,9 @@ async def run(seconds, connections):
             await node.ended
 
 
-def main(reactor_, seconds="5", connections="1"):
-    return defer.ensureDeferred(run(float(seconds), int(connections)))
+def main(reactor_, seconds="5", connections="1,4"):
+    counts = [int(count) for count in connections.split(",")]
+    return defer.ensureDeferred(run(float(seconds), counts))
 
 
 if __name__ == "__main__":

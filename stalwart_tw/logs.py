@@ -41,3 +41,11 @@ def set_level(name):
     _predicate.defaultLogLevel = LEVELS[name]
     # The predicate keeps levels per namespace, the default included.
     _predicate.clearLogLevels()
+
+
+def debug_enabled():
+    """
+    @return: whether debug events are emitted, so a caller can skip
+        building an event that would be dropped (per request, that adds up).
+    """
+    return _predicate.defaultLogLevel is LogLevel.debug

@@ -11,7 +11,12 @@ from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.errors import RequestError
 from stalwart_tw.jmap.ids import decode_id, encode_id
-from stalwart_tw.jmap.request import _decode_exactly, decode_json, evaluate_pointer, parse_request
+from stalwart_tw.jmap.request import (
+    _decode_exactly,
+    decode_json,
+    evaluate_pointer,
+    parse_request,
+)
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.errors import InvalidBatch
 

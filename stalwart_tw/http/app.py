@@ -23,6 +23,7 @@ so a big request never stalls other clients.
 """
 
 import re
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import orjson
@@ -57,7 +58,7 @@ from stalwart_tw.jmap.session import (
     account_number,
     session_document,
 )
-from stalwart_tw.logs import Logger
+from stalwart_tw.logs import Logger, debug_enabled
 from stalwart_tw.store.blobs import is_blob_hash
 from stalwart_tw.store.directory import CHANGE_TYPE
 from stalwart_tw.store.errors import BlobMissing
@@ -250,6 +251,8 @@ class JmapSite(Site):
     access_log = Logger()
 
     def log(self, request):
+        if not debug_enabled():
+            return
         self.access_log.debug(
             "{client} {method} {path} {code} {length}",
             client=request.getClientAddress().host if request.getClientAddress() else "-",
@@ -319,6 +322,17 @@ class Refused(Exception):
     def __init__(self, answer):
         super().__init__()
         self.answer = answer
+
+
+@dataclass(frozen=True)
+class _SessionOf:
+    """
+    A principal's Session document, and the principal ids of its accounts.
+    """
+
+    principal: object
+    document: dict
+    accounts: tuple
 
 
 class JmapHttp:
@@ -494,14 +508,23 @@ class JmapHttp:
     @app.route("/jmap/session", methods=["GET"])
     async def session(self, request):
         principal = await self._caller(request)
-        return json_response(request, await self._session(principal))
+        return json_response(request, (await self._session(principal)).document)
 
-    async def _session(self, principal):
+    def _cached_session(self, principal):
         # Every API response carries the session state: building it reads
         # the directory, so it is kept until the directory changes.
         cached = self._sessions.get(principal.id)
-        if cached is not None and cached[0] == principal:
-            return cached[1]
+        if cached is not None and cached.principal == principal:
+            return cached
+        return None
+
+    async def _session(self, principal):
+        """
+        @return: the L{_SessionOf} C{principal}, from the cache or built.
+        """
+        cached = self._cached_session(principal)
+        if cached is not None:
+            return cached
         generation = self._sessions_generation
         group_ids = await self._directory.groups_of(principal.id)
         groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
@@ -513,9 +536,12 @@ class JmapHttp:
         document = session_document(
             self._settings, principal, [g for g in groups if g], capabilities
         )
+        session = _SessionOf(
+            principal, document, tuple(account_number(text) for text in document["accounts"])
+        )
         if generation == self._sessions_generation:
-            self._sessions[principal.id] = (principal, document)
-        return document
+            self._sessions[principal.id] = session
+        return session
 
     def _forget_sessions(self, apply_result):
         if CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {}):
@@ -550,9 +576,9 @@ class JmapHttp:
         try:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
-                response = await uncancellable(
-                    ensureDeferred(self._run(parsed, principal))
-                )
+                work = ensureDeferred(self._run(parsed, principal))
+                # Work that finished at once has nothing left to protect.
+                response = await (work if work.called else uncancellable(work))
         except RequestError as error:
             return jmap_problem(request, error)
         except LimitReached:
@@ -560,10 +586,11 @@ class JmapHttp:
         return json_response(request, response)
 
     async def _run(self, parsed, principal):
-        accounts = await self._accounts(principal)
-        response = await run_request(self.methods, parsed, principal, None, accounts)
+        session = self._cached_session(principal) or await self._session(principal)
+        response = await run_request(self.methods, parsed, principal, None, session.accounts)
         # After the methods: a call may have changed the session.
-        response["sessionState"] = (await self._session(principal))["state"]
+        session = self._cached_session(principal) or await self._session(principal)
+        response["sessionState"] = session.document["state"]
         return response
 
     async def _parse(self, request):
@@ -586,7 +613,7 @@ class JmapHttp:
     async def _accounts(self, principal):
         # The accounts a user may use are those of their Session (cached
         # until the directory changes): one rule for every route.
-        return [account_number(text) for text in (await self._session(principal))["accounts"]]
+        return (await self._session(principal)).accounts
 
     async def _account_of(self, principal, text):
         # The principal id behind text, if principal may use that account.
