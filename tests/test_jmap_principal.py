@@ -378,6 +378,36 @@ class PrincipalSetTests(PrincipalTestCase):
         self.assertIsNone((yield self.service.directory.get("carol")))
 
     @defer.inlineCallbacks
+    def test_if_in_state_holds_until_the_first_write(self):
+        """
+        A write that lands between the ifInState check and the /set's
+        first write makes the /set a stateMismatch with nothing written;
+        with no rival, every change of the /set applies.
+        """
+        account = account_id(self.admin.id)
+        _, got, _ = yield self.one(self.as_admin, "Principal/get", {"accountId": account, "ids": []})
+        principals = self.service.http._principals
+        real_modseq = principals.modseq
+
+        async def modseq_then_a_rival_write(context, account):
+            modseq = await real_modseq(context, account)
+            del principals.modseq
+            await self.service.directory.create_principal("individual", "rival")
+            return modseq
+
+        principals.modseq = modseq_then_a_rival_write
+        two = {"k1": {"type": "individual", "name": "carol"},
+               "k2": {"type": "individual", "name": "dave"}}
+        _, result, _ = yield self.set_call({"ifInState": got["state"], "create": two})
+        self.assertEqual(result["type"], "stateMismatch")
+        self.assertIsNone((yield self.service.directory.get("carol")))
+        self.assertIsNotNone((yield self.service.directory.get("rival")))
+        _, got, _ = yield self.one(self.as_admin, "Principal/get", {"accountId": account, "ids": []})
+        _, result, _ = yield self.set_call({"ifInState": got["state"], "create": two})
+        self.assertEqual(sorted(result["created"]), ["k1", "k2"])
+        self.assertEqual(result["oldState"], got["state"])
+
+    @defer.inlineCallbacks
     def test_only_admin(self):
         """Anyone but the admin gets forbidden."""
         _, result, _ = yield self.one(self.as_jane, "Principal/set", {

@@ -130,7 +130,7 @@ class PrincipalType(WritableType):
 
     # Writing (Principal/set).
 
-    async def create(self, context, account, properties):
+    async def create(self, context, account, properties, guard):
         _check_writable(properties, creating=True)
         kind, name = properties.get("type"), properties.get("name")
         members = await self._member_names(context, properties.get("members", []))
@@ -139,10 +139,12 @@ class PrincipalType(WritableType):
             description=properties.get("description"), email=properties.get("email"),
             aliases=properties.get("aliases", ()), members=members,
             quota=properties.get("quota", 0), timezone=properties.get("timeZone"),
+            if_modseq=guard.modseq,
         ))
+        guard.passed()
         return {"id": principal_id(principal.id)}
 
-    async def update(self, context, account, object_id, current, patched):
+    async def update(self, context, account, object_id, current, patched, guard):
         _check_writable(patched, creating=False)
         for fixed in ("id", "type"):
             if patched.get(fixed) != current.get(fixed):
@@ -164,17 +166,20 @@ class PrincipalType(WritableType):
             members = await self._member_names(context, patched.get("members", []))
         if changes or addresses is not None or members is not None:
             await _directory_call(self._directory.replace(
-                current["name"], changes=changes, addresses=addresses, members=members
+                current["name"], changes=changes, addresses=addresses, members=members,
+                if_modseq=guard.modseq,
             ))
+            guard.passed()
         return None
 
-    async def destroy(self, context, account, object_id):
+    async def destroy(self, context, account, object_id, guard):
         principal = await self._directory.get_by_id(principal_number(object_id))
         if principal is None:
             raise SetError("notFound", f"no Principal {object_id!r}")
         if principal.name == ADMIN_NAME:
             raise SetError("forbidden", "the admin principal cannot be destroyed")
-        await _directory_call(self._directory.delete(principal.name))
+        await _directory_call(self._directory.delete(principal.name, if_modseq=guard.modseq))
+        guard.passed()
 
     async def _member_names(self, context, member_ids):
         if not isinstance(member_ids, list):

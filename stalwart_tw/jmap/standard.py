@@ -27,6 +27,7 @@ from stalwart_tw.store.changes import (
     decode_state,
     encode_state,
 )
+from stalwart_tw.store.errors import StateChanged
 
 GET_ARGUMENTS = frozenset({"accountId", "ids", "properties"})
 CHANGES_ARGUMENTS = frozenset({"accountId", "sinceState", "maxChanges"})
@@ -213,20 +214,42 @@ class SetError(Exception):
         return error
 
 
+class StateGuard:
+    """
+    ifInState kept true up to the first write of a /set: until one of its
+    writes has committed, each is made on condition that the type is still
+    at C{modseq} (a write that finds it moved raises L{StateChanged} and
+    applies nothing); after that, the /set has started in the state the
+    client gave, and the rest are plain writes.
+
+    @ivar modseq: the modseq a write must find, or C{None}: no condition.
+    """
+
+    def __init__(self, modseq=None):
+        self.modseq = modseq
+
+    def passed(self):
+        """
+        A write has committed: the condition is met.
+        """
+        self.modseq = None
+
+
 class WritableType(DataType):
     """
     A data type with /set. Its methods raise L{SetError} for a refused
-    object; each call is one atomic change.
+    object; each call is one atomic change, made on the condition of the
+    L{StateGuard} it is given (and calling its C{passed} once committed).
     """
 
     @abstractmethod
-    async def create(self, context, account, properties):
+    async def create(self, context, account, properties, guard):
         """
         @return: the new object's server-set properties, C{id} included.
         """
 
     @abstractmethod
-    async def update(self, context, account, object_id, current, patched):
+    async def update(self, context, account, object_id, current, patched, guard):
         """
         @param current: the object before, as /get shows it.
         @param patched: the object with the client's patch applied.
@@ -234,7 +257,7 @@ class WritableType(DataType):
         """
 
     @abstractmethod
-    async def destroy(self, context, account, object_id):
+    async def destroy(self, context, account, object_id, guard):
         """
         Destroy one object.
         """
@@ -319,17 +342,32 @@ async def standard_set(datatype, max_objects, context, arguments):
     count = len(creates) + len(updates) + len(destroys)
     if count > max_objects:
         raise MethodError(REQUEST_TOO_LARGE, f"{count} changes; at most {max_objects} per /set")
-    old_state = encode_state(await datatype.modseq(context, account))
     if_in_state = arguments.get("ifInState")
+    if if_in_state is not None and not isinstance(if_in_state, str):
+        raise invalid_arguments("'ifInState' must be null or a state string")
+    old_modseq = await datatype.modseq(context, account)
+    old_state = encode_state(old_modseq)
     if if_in_state is not None and if_in_state != old_state:
-        raise MethodError(STATE_MISMATCH, "the state is no longer the one given in ifInState")
+        raise _state_mismatch()
+    guard = StateGuard(old_modseq if if_in_state is not None else None)
     response = {"accountId": account_id(account), "oldState": old_state}
-    response.update(await _set_creates(datatype, context, account, creates))
     destroying = {_maybe_resolved(context, object_id) for object_id in destroys}
-    response.update(await _set_updates(datatype, context, account, updates, destroying))
-    response.update(await _set_destroys(datatype, context, account, destroys))
+    try:
+        response.update(await _set_creates(datatype, context, account, creates, guard))
+        response.update(
+            await _set_updates(datatype, context, account, updates, destroying, guard)
+        )
+        response.update(await _set_destroys(datatype, context, account, destroys, guard))
+    except StateChanged:
+        # Only a write made before any other of this /set committed is
+        # conditional: nothing of the method has been applied.
+        raise _state_mismatch() from None
     response["newState"] = encode_state(await datatype.modseq(context, account))
     return response
+
+
+def _state_mismatch():
+    return MethodError(STATE_MISMATCH, "the state is no longer the one given in ifInState")
 
 
 def _maybe_resolved(context, object_id):
@@ -339,11 +377,11 @@ def _maybe_resolved(context, object_id):
         return object_id
 
 
-async def _set_creates(datatype, context, account, creates):
+async def _set_creates(datatype, context, account, creates, guard):
     created, refused = {}, {}
     for creation_id, properties in creates.items():
         try:
-            created[creation_id] = await datatype.create(context, account, properties)
+            created[creation_id] = await datatype.create(context, account, properties, guard)
         except SetError as error:
             refused[creation_id] = error.as_json()
         else:
@@ -351,7 +389,7 @@ async def _set_creates(datatype, context, account, creates):
     return {"created": created or None, "notCreated": refused or None}
 
 
-async def _set_updates(datatype, context, account, updates, destroying):
+async def _set_updates(datatype, context, account, updates, destroying, guard):
     updated, refused = {}, {}
     for given_id, patch in updates.items():
         try:
@@ -362,20 +400,22 @@ async def _set_updates(datatype, context, account, updates, destroying):
             if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
             patched = apply_patch(current, patch)
-            updated[object_id] = await datatype.update(context, account, object_id, current, patched)
+            updated[object_id] = await datatype.update(
+                context, account, object_id, current, patched, guard
+            )
         except SetError as error:
             refused[given_id] = error.as_json()
     return {"updated": updated or None, "notUpdated": refused or None}
 
 
-async def _set_destroys(datatype, context, account, destroys):
+async def _set_destroys(datatype, context, account, destroys, guard):
     destroyed, refused = [], {}
     for given_id in destroys:
         try:
             object_id = resolve_id(context, given_id)
             if not (await datatype.read(context, account, [object_id])):
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
-            await datatype.destroy(context, account, object_id)
+            await datatype.destroy(context, account, object_id, guard)
             destroyed.append(object_id)
         except SetError as error:
             refused[given_id] = error.as_json()

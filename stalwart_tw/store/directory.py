@@ -61,7 +61,7 @@ from twisted.internet.threads import deferToThreadPool
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 from stalwart_tw.store.changes import type_modseq
-from stalwart_tw.store.errors import BatchConflict
+from stalwart_tw.store.errors import BatchConflict, StateChanged
 from stalwart_tw.store.principal_changes import (
     CHANGE_TYPE,
     DOMAIN,
@@ -352,11 +352,13 @@ class Directory:
     @inlineCallbacks
     def create_principal(
         self, kind, name, secret=None, description=None, email=None,
-        aliases=(), members=(), quota=0, timezone=None,
+        aliases=(), members=(), quota=0, timezone=None, if_modseq=None,
     ):
         """
         Create a principal.
 
+        @param if_modseq: write only if the directory is still at this
+            modseq, else fail with L{StateChanged} (as replace and delete).
         @return: a Deferred firing with the new L{Principal}.
         """
         new = _new_principal(
@@ -364,7 +366,7 @@ class Directory:
         )
         secret_hash = (yield self._hash(secret)) if secret is not None else None
         new = replace(new, secret_hash=secret_hash, created_at=int(self._clock.seconds()))
-        principal = yield self._write(_build_create, new)
+        principal = yield self._write(_build_create, new, if_modseq=if_modseq)
         self.log.info("directory: created {kind} {name!r}", kind=new.kind, name=new.name)
         return principal
 
@@ -390,7 +392,7 @@ class Directory:
         return principal
 
     @inlineCallbacks
-    def replace(self, name, /, changes=None, addresses=None, members=None):
+    def replace(self, name, /, changes=None, addresses=None, members=None, if_modseq=None):
         """
         Change a principal as one atomic write: the fields C{update} takes
         (but C{email}), its whole set of addresses, and its whole
@@ -416,12 +418,14 @@ class Directory:
         if "secret" in changes:
             secret = changes.pop("secret")
             changes["secret_hash"] = (yield self._hash(secret)) if secret is not None else None
-        principal = yield self._write(_build_replace, name, changes, addresses, members)
+        principal = yield self._write(
+            _build_replace, name, changes, addresses, members, if_modseq=if_modseq
+        )
         self.log.info("directory: changed {name!r}", name=name)
         return principal
 
     @inlineCallbacks
-    def delete(self, name):
+    def delete(self, name, if_modseq=None):
         """
         Delete a principal with its addresses and memberships. A domain
         is only deleted once no address uses it.
@@ -429,7 +433,7 @@ class Directory:
         @return: a Deferred firing with None.
         """
         name = _lookup_name(name)
-        yield self._write(_build_delete, name)
+        yield self._write(_build_delete, name, if_modseq=if_modseq)
         self.log.info("directory: deleted {name!r}", name=name)
 
     def add_alias(self, name, address):
@@ -463,13 +467,17 @@ class Directory:
             return fail(error)
         return self._write(build, *args)
 
-    def _write(self, build, *args):
-        return self._node.serialised(DIRECTORY_ACCOUNT, self._write_locked, build, args)
+    def _write(self, build, *args, if_modseq=None):
+        return self._node.serialised(
+            DIRECTORY_ACCOUNT, self._write_locked, build, args, if_modseq
+        )
 
     @inlineCallbacks
-    def _write_locked(self, build, args):
+    def _write_locked(self, build, args, if_modseq):
         for attempt in (1, 2):
             batch, principal_id = yield self._store.read(_plan, build, args)
+            if if_modseq is not None and batch.expected_modseqs[DIRECTORY_ACCOUNT] != if_modseq:
+                raise StateChanged("the directory changed since the state the client gave")
             changed = {int(change[2]) for change in batch.changes if change[1] == CHANGE_TYPE}
             # Before and after: a verification that overlaps the commit is
             # neither served from the cache nor added to it.
@@ -477,6 +485,8 @@ class Directory:
             try:
                 yield self._node.commit(batch)
             except BatchConflict:
+                if if_modseq is not None:
+                    raise StateChanged("the directory changed while the write was built")
                 if attempt == 2:
                     raise
                 self.log.info("directory: write built on stale state; rebuilding it")

@@ -30,6 +30,13 @@ class BatchConflict(StoreError):
         super().__init__(f"batch built on stale state of accounts {list(self.accounts)}")
 
 
+class StateChanged(StoreError):
+    """
+    A write made on condition that the state was still the one a client
+    gave (JMAP's ifInState) found it had moved. Nothing was applied.
+    """
+
+
 class BlobMissing(StoreError):
     """
     A blob named by its hash has no file on this node.
