@@ -217,14 +217,22 @@ class PrincipalChangesTests(PrincipalTestCase):
 
     @defer.inlineCallbacks
     def test_user_sees_only_visible_changes(self):
-        """A user is not told of principals they cannot see."""
-        before = yield self.state(self.as_jane, account_id(self.jane.id))
-        yield self.service.directory.create_principal("individual", "carol")
+        """
+        A user is told of changes to principals they can see; a change to
+        one they cannot is cannotCalculateChanges, which names no id.
+        """
+        account = account_id(self.jane.id)
+        before = yield self.state(self.as_jane, account)
         yield self.service.directory.update("jane", description="Jane D.")
         _, result, _ = yield self.one(self.as_jane, "Principal/changes", {
-            "accountId": account_id(self.jane.id), "sinceState": before})
-        self.assertEqual(result["created"], [])
+            "accountId": account, "sinceState": before})
         self.assertEqual(result["updated"], [principal_id(self.jane.id)])
+        self.assertEqual((result["created"], result["destroyed"]), ([], []))
+        carol = yield self.service.directory.create_principal("individual", "carol")
+        name, error, _ = yield self.one(self.as_jane, "Principal/changes", {
+            "accountId": account, "sinceState": result["newState"]})
+        self.assertEqual((name, error["type"]), ("error", "cannotCalculateChanges"))
+        self.assertNotIn(principal_id(carol.id), json.dumps(error))
 
     @defer.inlineCallbacks
     def test_bad_arguments(self):
@@ -454,20 +462,23 @@ class PrincipalSetLimitTests(PrincipalTestCase):
 
 class PrincipalVisibilityChangesTests(PrincipalTestCase):
     """
-    A user who loses sight of a principal is told it is gone.
+    A user who loses sight of a principal learns to fetch again.
     """
 
     @defer.inlineCallbacks
-    def test_left_group_reported_destroyed(self):
-        """After jane leaves sales, Principal/changes lists sales as destroyed for her."""
+    def test_left_group_means_fetch_again(self):
+        """After jane leaves sales, her /changes says to fetch again, and /get drops sales."""
         account = account_id(self.jane.id)
         _, result, _ = yield self.one(self.as_jane, "Principal/get", {
-            "accountId": account, "ids": []})
+            "accountId": account, "ids": None})
+        self.assertIn(principal_id(self.sales.id), [p["id"] for p in result["list"]])
         yield self.service.directory.replace("sales", members=[])
         _, changes, _ = yield self.one(self.as_jane, "Principal/changes", {
             "accountId": account, "sinceState": result["state"]})
-        self.assertIn(principal_id(self.sales.id), changes["destroyed"])
-        self.assertNotIn(principal_id(self.sales.id), changes["updated"])
+        self.assertEqual(changes["type"], "cannotCalculateChanges")
+        _, result, _ = yield self.one(self.as_jane, "Principal/get", {
+            "accountId": account, "ids": None})
+        self.assertEqual([p["id"] for p in result["list"]], [principal_id(self.jane.id)])
 
 
 class PatchTests(TestCase):

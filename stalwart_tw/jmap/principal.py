@@ -22,7 +22,7 @@ from stalwart_tw.jmap.standard import (
     standard_get,
     standard_set,
 )
-from stalwart_tw.store.changes import Changes, changes_since, type_modseq
+from stalwart_tw.store.changes import Changes, ChangesUnavailable, changes_since, type_modseq
 from stalwart_tw.store.directory import ADMIN_NAME, CHANGE_TYPE, DirectoryError
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
@@ -115,14 +115,19 @@ class PrincipalType(WritableType):
                 found.new_modseq,
                 found.has_more,
             )
-        # For anyone else, a principal that changed and is out of sight now
-        # (a group they left) is gone as far as they are concerned: report
-        # it destroyed, so it leaves their cache and cached queries.
-        hidden = [int(n) for n in found.updated if int(n) not in visible]
+        # For anyone else: a principal that changed and is out of sight now
+        # may be one they saw before (a group they left) or one they never
+        # saw. Nothing says which, and naming it would tell them of a
+        # principal they may not see: they fetch their few principals again.
+        changed = [int(n) for n in (*found.created, *found.updated, *found.destroyed)]
+        if any(number not in visible for number in changed):
+            raise ChangesUnavailable(
+                "principals out of your sight changed; fetch your principals again"
+            )
         return Changes(
-            [principal_id(int(n)) for n in found.created if int(n) in visible],
-            [principal_id(int(n)) for n in found.updated if int(n) in visible],
-            [principal_id(n) for n in hidden] + [principal_id(int(n)) for n in found.destroyed],
+            [principal_id(int(n)) for n in found.created],
+            [principal_id(int(n)) for n in found.updated],
+            [],
             found.new_modseq,
             found.has_more,
         )
