@@ -229,6 +229,30 @@ class EventSourceTests(SiteTestCase):
         self.assertIn("Principal", data["changed"][account_id(admin.id)])
 
     @defer.inlineCallbacks
+    def test_streams_per_user_capped(self):
+        """Past the cap a user's next stream is a 429; closing one makes room."""
+        from stalwart_tw.store.batch import WriteBatch
+
+        self.service.http._event_streams.limit = 2
+        admin = yield self.service.directory.get("admin")
+        def change():
+            return self.service.node.commit(
+                WriteBatch().log_change(admin.id, "Email", "m", "created")
+            )
+
+        streams = []
+        for _ in range(2):
+            streams.append((yield self.open_stream("types=*&closeafter=state&ping=0"))[2])
+        response, body = yield self.request("GET", "/jmap/eventsource/?ping=0", headers=ADMIN)
+        self.assertEqual(response.code, 429)
+        self.assertEqual(json.loads(body)["status"], 429)
+        yield change()
+        yield defer.gatherResults(streams)
+        _, _, third = yield self.open_stream("types=*&closeafter=state&ping=0")
+        yield change()
+        yield third
+
+    @defer.inlineCallbacks
     def test_bad_query(self):
         """A malformed closeafter is a 400 problem document, not a stream."""
         response, body = yield self.request(

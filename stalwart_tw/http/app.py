@@ -351,6 +351,9 @@ class JmapHttp:
     app = Klein()
     app.url_map.converters["filename"] = _FileName
     log = Logger()
+    # Open event streams per user: enough for a browser's tabs and a few
+    # devices, not enough to hold the server's connections hostage.
+    event_streams_per_user = 32
 
     def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None,
                  blobs=None, store=None, node=None, bus=None):
@@ -379,6 +382,7 @@ class JmapHttp:
             node.add_listener(self._forget_sessions)
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
         self._uploads = ConcurrencyLimit(settings.max_concurrent_uploads)
+        self._event_streams = ConcurrencyLimit(self.event_streams_per_user)
         self._blobs, self._blob_access = blobs, None
         if blobs is not None:
             if store is None or node is None:
@@ -567,7 +571,17 @@ class JmapHttp:
             throttle_ms=self._settings.event_source_throttle,
             clock=self._reactor,
         )
-        return await stream.start()
+        try:
+            # Held while the stream is open: a stream costs a connection
+            # and a subscription for as long as the client keeps it.
+            with self._event_streams.slot(principal.id):
+                return await stream.start()
+        except LimitReached:
+            request.setHeader(b"Retry-After", b"30")
+            return problem(
+                request, 429, "Too Many Requests",
+                f"{self._event_streams.limit} event streams of this user are already open.",
+            )
 
     @app.route("/jmap", methods=["POST"])
     @app.route("/jmap/", methods=["POST"])
