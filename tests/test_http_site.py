@@ -265,3 +265,40 @@ class EventSourceTests(SiteTestCase):
         """Without credentials the event source answers 401."""
         response, _ = yield self.request("GET", "/jmap/eventsource/")
         self.assertEqual(response.code, 401)
+
+
+class UnauthenticatedBodyTests(TestCase):
+    """
+    A body sent without credentials is not stored: its answer is a 401.
+    """
+
+    def request(self, headers):
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from stalwart_tw.http.app import JmapRequest
+
+        channel = DummyChannel()
+        channel.site.max_body = 10_000_000
+        request = JmapRequest(channel)
+        request.method = b"POST"
+        for name, value in headers.items():
+            request.requestHeaders.setRawHeaders(name, [value])
+        request.gotLength(1_000_000)
+        for _ in range(10):
+            request.handleContentChunk(b"x" * 100_000)
+        return request
+
+    def test_not_kept_without_credentials(self):
+        """No Authorization (or a malformed one): not a byte is kept."""
+        for headers in ({}, {b"Authorization": b"Basic !!!"}):
+            request = self.request(headers)
+            self.assertTrue(request.body_discarded)
+            self.assertEqual(request.content.getvalue(), b"")
+            self.assertEqual(request.body_size, 1_000_000)
+
+    def test_kept_with_credentials(self):
+        """With credentials to verify, the body is kept whole until they are."""
+        request = self.request({b"Authorization": ADMIN[b"Authorization"][0]})
+        self.assertFalse(request.body_discarded)
+        request.content.seek(0)
+        self.assertEqual(len(request.content.read()), 1_000_000)

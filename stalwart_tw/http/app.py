@@ -24,6 +24,7 @@ so a big request never stalls other clients.
 
 import re
 from dataclasses import dataclass
+from io import BytesIO
 from urllib.parse import quote
 
 import orjson
@@ -208,25 +209,35 @@ class JmapRequest(Request):
     401s included, so a web client can read why a call failed), preflights
     answered before routing (no credentials asked, never redirected), and a
     body that stops being stored once it passes the site's largest limit,
-    so no client can make the server buffer without bound.
+    so no client can make the server buffer without bound. A body sent
+    without credentials is not stored at all: its answer is a 401 whatever
+    it holds. (Credentials are verified later, off the reactor; a request
+    that carries some has its body kept until then.)
 
     @ivar body_size: bytes of body received.
     @ivar body_too_large: the body passed the limit and was not kept whole.
+    @ivar body_discarded: the body was not kept (too large, or sent without
+        credentials).
     """
 
     body_size = 0
     body_too_large = False
+    body_discarded = False
 
     def gotLength(self, length):
+        if self.method != b"OPTIONS" and parse_basic(self.getHeader(b"Authorization")) is None:
+            self.body_discarded = True
+            self.content = BytesIO()
+            return
         super().gotLength(length)
         if length is not None and length > self.channel.site.max_body:
-            self.body_too_large = True
+            self.body_too_large = self.body_discarded = True
 
     def handleContentChunk(self, data):
         self.body_size += len(data)
         if self.body_size > self.channel.site.max_body:
-            self.body_too_large = True
-        if not self.body_too_large:
+            self.body_too_large = self.body_discarded = True
+        if not self.body_discarded:
             super().handleContentChunk(data)
 
     def process(self):
