@@ -28,6 +28,8 @@ ACCOUNT_READ_ONLY = "accountReadOnly"
 REQUEST_TOO_LARGE = "requestTooLarge"
 CANNOT_CALCULATE_CHANGES = "cannotCalculateChanges"
 FROM_ACCOUNT_NOT_FOUND = "fromAccountNotFound"
+FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD = "fromAccountNotSupportedByMethod"
+STATE_MISMATCH = "stateMismatch"
 
 # SetError types.
 NOT_FOUND = "notFound"

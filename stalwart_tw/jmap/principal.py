@@ -22,7 +22,12 @@ from stalwart_tw.jmap.standard import (
     standard_get,
     standard_set,
 )
-from stalwart_tw.store.changes import Changes, ChangesUnavailable, changes_since, type_modseq
+from stalwart_tw.store.changes import (
+    Changes,
+    ChangesUnavailable,
+    changes_since,
+    type_modseq,
+)
 from stalwart_tw.store.directory import ADMIN_NAME, CHANGE_TYPE, DirectoryError
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 

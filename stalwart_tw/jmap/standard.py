@@ -1,6 +1,6 @@
 """
 The standard methods shared by every data type (RFC 8620 section 5): /get,
-/changes and /set (/query and /queryChanges are in query.py).
+/changes, /set and /copy (/query and /queryChanges are in query.py).
 
 A data type describes itself with a L{DataType} (its name, properties, and
 how to read its objects, its state and its changes); the functions here do
@@ -14,8 +14,12 @@ from abc import ABC, abstractmethod
 
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
+    ACCOUNT_NOT_SUPPORTED_BY_METHOD,
     CANNOT_CALCULATE_CHANGES,
+    FROM_ACCOUNT_NOT_FOUND,
+    FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD,
     REQUEST_TOO_LARGE,
+    STATE_MISMATCH,
     MethodError,
     invalid_arguments,
 )
@@ -40,10 +44,20 @@ class DataType(ABC):
 
     @cvar name: the type's name, as in C{"Principal"}.
     @cvar properties: every property a client may ask for (C{id} included).
+    @cvar server_set: properties the server sets, which a copy does not
+        take from its original.
     """
 
     name = None
     properties = frozenset()
+    server_set = frozenset({"id"})
+
+    def supports_account(self, account):
+        """
+        @return: whether the account (a principal id) holds objects of
+            this type; one that does not is C{accountNotSupportedByMethod}.
+        """
+        return True
 
     @abstractmethod
     async def read(self, context, account, ids):
@@ -83,19 +97,19 @@ def check_arguments(arguments, allowed):
         raise invalid_arguments(f"unknown argument {unknown[0]!r}")
 
 
-def require_account(context, arguments):
+def require_account(context, arguments, name="accountId", not_found=ACCOUNT_NOT_FOUND):
     """
     @return: the principal id of the account named by C{accountId}.
     @raise MethodError: C{invalidArguments} when it is missing or not a
         string; C{accountNotFound} when the caller has no such account (an
         account that exists but is not the caller's looks the same).
     """
-    value = arguments.get("accountId")
+    value = arguments.get(name)
     if not isinstance(value, str):
-        raise invalid_arguments("'accountId' must be an account id string")
+        raise invalid_arguments(f"{name!r} must be an account id string")
     number = account_number(value)
     if number is None or number not in context.accounts:
-        raise MethodError(ACCOUNT_NOT_FOUND, f"no account {value!r}")
+        raise MethodError(not_found, f"no account {value!r}")
     return number
 
 
@@ -188,7 +202,6 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
 
 
 SET_ARGUMENTS = frozenset({"accountId", "ifInState", "create", "update", "destroy"})
-STATE_MISMATCH = "stateMismatch"
 
 
 class SetError(Exception):
@@ -420,3 +433,110 @@ async def _set_destroys(datatype, context, account, destroys, guard):
         except SetError as error:
             refused[given_id] = error.as_json()
     return {"destroyed": destroyed or None, "notDestroyed": refused or None}
+
+
+COPY_ARGUMENTS = frozenset(
+    {"fromAccountId", "ifFromInState", "accountId", "ifInState", "create",
+     "onSuccessDestroyOriginal", "destroyFromIfInState"}
+)
+
+
+async def standard_copy(datatype, max_objects, context, arguments):
+    """
+    The /copy method (RFC 8620 section 5.4): each record copied on its own
+    into another account (the original's properties, with the client's
+    in their place), then, if asked, the originals of those copied
+    destroyed by one implicit /set in the account they came from.
+
+    @return: the /copy response arguments, or with C{onSuccessDestroyOriginal}
+        a list of C{(method name, arguments)}: the /copy response, then the
+        implicit /set's (or its error).
+    """
+    check_arguments(arguments, COPY_ARGUMENTS)
+    target = require_account(context, arguments)
+    source = require_account(context, arguments, "fromAccountId", FROM_ACCOUNT_NOT_FOUND)
+    if source == target:
+        raise invalid_arguments("'fromAccountId' and 'accountId' must be different accounts")
+    if not datatype.supports_account(source):
+        raise MethodError(FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD, f"no {datatype.name} there")
+    if not datatype.supports_account(target):
+        raise MethodError(ACCOUNT_NOT_SUPPORTED_BY_METHOD, f"no {datatype.name} there")
+    creates = _map_or_null(
+        arguments, "create", lambda v: isinstance(v, dict) and isinstance(v.get("id"), str),
+        "objects naming the id to copy",
+    )
+    if len(creates) > max_objects:
+        raise MethodError(
+            REQUEST_TOO_LARGE, f"{len(creates)} copies; at most {max_objects} per /copy"
+        )
+    destroy_original = arguments.get("onSuccessDestroyOriginal", False)
+    if not isinstance(destroy_original, bool):
+        raise invalid_arguments("'onSuccessDestroyOriginal' must be a boolean")
+    if_from_in_state, if_in_state, destroy_from_if_in_state = (
+        _state_or_null(arguments, name)
+        for name in ("ifFromInState", "ifInState", "destroyFromIfInState")
+    )
+    from_modseq, originals = await datatype.read_with_state(
+        context, source, sorted({given["id"] for given in creates.values()})
+    )
+    if if_from_in_state is not None and if_from_in_state != encode_state(from_modseq):
+        raise _state_mismatch()
+    old_modseq = await datatype.modseq(context, target)
+    if if_in_state is not None and if_in_state != encode_state(old_modseq):
+        raise _state_mismatch()
+    guard = StateGuard(old_modseq if if_in_state is not None else None)
+    try:
+        created, refused, copied = await _copy_each(
+            datatype, context, target, creates, originals, guard
+        )
+    except StateChanged:
+        raise _state_mismatch() from None
+    response = {
+        "fromAccountId": account_id(source),
+        "accountId": account_id(target),
+        "oldState": encode_state(old_modseq),
+        "newState": encode_state(await datatype.modseq(context, target)),
+        "created": created or None,
+        "notCreated": refused or None,
+    }
+    if not destroy_original:
+        return response
+    responses = [(f"{datatype.name}/copy", response)]
+    set_arguments = {
+        "accountId": account_id(source), "ifInState": destroy_from_if_in_state, "destroy": copied,
+    }
+    try:
+        responses.append(
+            (f"{datatype.name}/set", await standard_set(datatype, max_objects, context, set_arguments))
+        )
+    except MethodError as error:
+        responses.append(("error", error.arguments()))
+    return responses
+
+
+def _state_or_null(arguments, name):
+    value = arguments.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid_arguments(f"{name!r} must be null or a state string")
+    return value
+
+
+async def _copy_each(datatype, context, target, creates, originals, guard):
+    created, refused, copied = {}, {}, []
+    for creation_id, given in creates.items():
+        try:
+            original = originals.get(given["id"])
+            if original is None:
+                raise SetError("notFound", f"no {datatype.name} {given['id']!r} to copy")
+            properties = {
+                name: value for name, value in original.items()
+                if name not in datatype.server_set
+            }
+            properties.update((name, value) for name, value in given.items() if name != "id")
+            created[creation_id] = await datatype.create(context, target, properties, guard)
+        except SetError as error:
+            refused[creation_id] = error.as_json()
+        else:
+            context.created_ids[creation_id] = created[creation_id]["id"]
+            copied.append(given["id"])
+    return created, refused, copied
