@@ -205,3 +205,25 @@ class CopyTests(TestCase):
         names = [(name, call_id) for name, _, call_id in document["methodResponses"]]
         self.assertEqual(names, [("Note/copy", "c0"), ("Note/set", "c0")])
         self.assertEqual(list(document["createdIds"]), ["k"])
+
+    @defer.inlineCallbacks
+    def test_partial_failure(self):
+        """An unforeseen failure after a copy committed is serverPartialFail, and logged."""
+        real_create = self.notes.create
+        calls = []
+
+        async def second_one_breaks(context, account, properties, guard):
+            calls.append(properties)
+            if len(calls) == 2:
+                raise RuntimeError("disk on fire")
+            return await real_create(context, account, properties, guard)
+
+        self.notes.create = second_one_breaks
+        error = yield self.failure({"k1": {"id": "a"}, "k2": {"id": "b"}})
+        self.assertEqual(error["type"], "serverPartialFail")
+        self.assertEqual(len(self.notes.objects[TEAM]), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # Before any write, the same failure is the caller's serverFail.
+        calls.clear()
+        calls.append(None)
+        yield self.assertFailure(self.copy({"k": {"id": "a"}}), RuntimeError)

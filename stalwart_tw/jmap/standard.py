@@ -11,6 +11,9 @@ C{lambda context, arguments: standard_get(principals, limits, context, arguments
 """
 
 from abc import ABC, abstractmethod
+from contextlib import asynccontextmanager
+
+from twisted.internet.defer import CancelledError
 
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
@@ -19,11 +22,13 @@ from stalwart_tw.jmap.errors import (
     FROM_ACCOUNT_NOT_FOUND,
     FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD,
     REQUEST_TOO_LARGE,
+    SERVER_PARTIAL_FAIL,
     STATE_MISMATCH,
     MethodError,
     invalid_arguments,
 )
 from stalwart_tw.jmap.session import account_id, account_number
+from stalwart_tw.logs import Logger
 from stalwart_tw.store.changes import (
     ChangesUnavailable,
     InvalidState,
@@ -32,6 +37,8 @@ from stalwart_tw.store.changes import (
     encode_state,
 )
 from stalwart_tw.store.errors import StateChanged
+
+log = Logger()
 
 GET_ARGUMENTS = frozenset({"accountId", "ids", "properties"})
 CHANGES_ARGUMENTS = frozenset({"accountId", "sinceState", "maxChanges"})
@@ -236,16 +243,38 @@ class StateGuard:
     client gave, and the rest are plain writes.
 
     @ivar modseq: the modseq a write must find, or C{None}: no condition.
+    @ivar writes: how many writes of the method have committed.
     """
 
     def __init__(self, modseq=None):
         self.modseq = modseq
+        self.writes = 0
 
     def passed(self):
         """
         A write has committed: the condition is met.
         """
         self.modseq = None
+        self.writes += 1
+
+
+@asynccontextmanager
+async def _partial_failure(name, guard):
+    # A failure nobody foresaw after some writes committed: the client has
+    # to be told that part of the method happened (serverPartialFail), not
+    # that none did (serverFail).
+    try:
+        yield
+    except (MethodError, SetError, StateChanged, CancelledError):
+        raise
+    except Exception:
+        if not guard.writes:
+            raise
+        log.failure("{name} failed after {writes} writes", name=name, writes=guard.writes)
+        raise MethodError(
+            SERVER_PARTIAL_FAIL,
+            f"{name} failed after some of its changes were made; fetch the changes since",
+        ) from None
 
 
 class WritableType(DataType):
@@ -366,11 +395,12 @@ async def standard_set(datatype, max_objects, context, arguments):
     response = {"accountId": account_id(account), "oldState": old_state}
     destroying = {_maybe_resolved(context, object_id) for object_id in destroys}
     try:
-        response.update(await _set_creates(datatype, context, account, creates, guard))
-        response.update(
-            await _set_updates(datatype, context, account, updates, destroying, guard)
-        )
-        response.update(await _set_destroys(datatype, context, account, destroys, guard))
+        async with _partial_failure(f"{datatype.name}/set", guard):
+            response.update(await _set_creates(datatype, context, account, creates, guard))
+            response.update(
+                await _set_updates(datatype, context, account, updates, destroying, guard)
+            )
+            response.update(await _set_destroys(datatype, context, account, destroys, guard))
     except StateChanged:
         # Only a write made before any other of this /set committed is
         # conditional: nothing of the method has been applied.
@@ -486,9 +516,10 @@ async def standard_copy(datatype, max_objects, context, arguments):
         raise _state_mismatch()
     guard = StateGuard(old_modseq if if_in_state is not None else None)
     try:
-        created, refused, copied = await _copy_each(
-            datatype, context, target, creates, originals, guard
-        )
+        async with _partial_failure(f"{datatype.name}/copy", guard):
+            created, refused, copied = await _copy_each(
+                datatype, context, target, creates, originals, guard
+            )
     except StateChanged:
         raise _state_mismatch() from None
     response = {
