@@ -113,8 +113,8 @@ class UploadTests(BlobSiteTestCase):
 
     @defer.inlineCallbacks
     def test_large_upload(self):
-        """A body big enough to be spooled to a file is read whole and served back."""
-        data = os.urandom(300 * 1024)
+        """A body spooled to a file is stored and served back over several chunks."""
+        data = os.urandom(1024 * 1024 + 7)
         blob_id = yield self.uploaded(data)
         self.assertEqual(blob_id, blake3(data).hexdigest())
         response, body = yield self.download(blob_id)
@@ -206,17 +206,17 @@ class UploadLimitTests(BlobSiteTestCase):
         """An upload whose client leaves keeps its slot until the blob is stored, then frees it."""
         http, blobs = self.service.http, self.service.blobs
         gate, stored, requests = defer.Deferred(), defer.Deferred(), []
-        original_read, original_put = http._read_upload, blobs.put_temporary
+        original_store, original_put = http._store_upload, blobs.put_temporary
 
-        def read(request, size):
+        def store(request, *args):
             requests.append(request)
-            return original_read(request, size)
+            return original_store(request, *args)
 
         def held(account, data, uploader):
             stored_blob = gate.addCallback(lambda _: original_put(account, data, uploader))
             return stored_blob.addCallback(lambda result: stored.callback(result) or result)
 
-        self.patch(http, "_read_upload", read)
+        self.patch(http, "_store_upload", store)
         self.patch(blobs, "put_temporary", held)
         leaving = self.upload(b"left behind")
         leaving.addErrback(lambda failure: None)
@@ -259,6 +259,33 @@ class DownloadTests(BlobSiteTestCase):
             self.header(response, b"Cache-Control"), b"private, immutable, max-age=31536000"
         )
         self.assertEqual(self.header(response, b"X-Content-Type-Options"), b"nosniff")
+
+    @defer.inlineCallbacks
+    def test_client_leaves_mid_download(self):
+        """A client that hangs up mid-download ends the stream cleanly; the next one gets it all."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        data = os.urandom(8 * 1024 * 1024)
+        blob_id = yield self.uploaded(data)
+        heard = defer.Deferred()
+
+        class HangsUp(Protocol):
+            def dataReceived(self, chunk):
+                if not heard.called:
+                    heard.callback(chunk)
+                    self.transport.abortConnection()
+
+        port = self.service.ports["JMAP"].getHost().port
+        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), HangsUp())
+        path = f"/jmap/download/{account_id(self.jane.id)}/{blob_id}/f"
+        client.transport.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Authorization: " + JANE[b"Authorization"][0] + b"\r\n\r\n"
+        )
+        self.assertTrue((yield heard).startswith(b"HTTP/1.1 200"))
+        response, body = yield self.download(blob_id)
+        self.assertEqual((response.code, body == data), (200, True))
 
     @defer.inlineCallbacks
     def test_hostile_names(self):

@@ -22,6 +22,7 @@ reactor thread (quicker than a thread hop); larger ones on the worker pool,
 so a big request never stalls other clients.
 """
 
+import os
 import re
 from dataclasses import dataclass
 from io import BytesIO
@@ -38,6 +39,7 @@ from werkzeug.routing import PathConverter
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
+from stalwart_tw.http.streaming import FileStreamer
 from stalwart_tw.inflight import uncancellable
 from stalwart_tw.jmap.core import BlobAccess, register_blobs, register_core
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
@@ -300,6 +302,21 @@ def _download_type(request):
 
 def _attachment(name):
     return "attachment; filename*=UTF-8''" + quote(name, safe=_ATTR_CHAR_EXTRA)
+
+
+def _body_source(content):
+    """
+    @return: the request body C{content} for the blob store: the bytes of
+        a small body Twisted kept in memory, else a file of its own reading
+        the spooled body from its start (Twisted closes C{content} when the
+        client leaves, and the blob store may still be reading).
+    """
+    content.seek(0)
+    try:
+        descriptor = content.fileno()
+    except (AttributeError, OSError, ValueError):
+        return content.getvalue()
+    return os.fdopen(os.dup(descriptor), "rb")
 
 
 class JmapResource(Resource):
@@ -670,40 +687,34 @@ class JmapHttp:
 
     async def _store_upload(self, request, account, uploader, size):
         # Holds the account's upload slot until the blob is stored, even if
-        # the client left before.
+        # the client left before. The body is streamed into the blob store
+        # from where Twisted spooled it, never whole in memory.
         with self._uploads.slot(account):
-            data = await self._read_upload(request, size)
-            blob_hash, size, _ = await self._blobs.put_temporary(account, data, uploader)
+            source = _body_source(request.content)
+            blob_hash, size, _ = await self._blobs.put_temporary(account, source, uploader)
         return blob_hash, size
 
-    def _check_upload_size(self, request, size=None):
-        return check_body_size(
-            request, self._settings.max_size_upload, "upload", "maxSizeUpload", size
-        )
-
-    async def _read_upload(self, request, size):
-        # A big body sits in a temporary file: read it off the reactor.
-        if size <= INLINE_PARSE_LIMIT or self._threadpool is None:
-            data = request.content.read()
-        else:
-            data = await deferToThreadPool(self._reactor, self._threadpool, request.content.read)
-        self._check_upload_size(request, len(data))
-        return data
+    def _check_upload_size(self, request):
+        return check_body_size(request, self._settings.max_size_upload, "upload", "maxSizeUpload")
 
     @app.route("/jmap/download/<account>/<blob_id>/<filename:name>", methods=["GET"])
     async def download(self, request, account, blob_id, name):
         principal, number = await self._blob_caller(request, account)
         try:
-            data = await self._read_visible_blob(number, principal.id, blob_id)
+            blob_file, size = await self._open_visible_blob(number, principal.id, blob_id)
         except BlobMissing:
             return self._not_found(request, "No such blob in this account.")
         request.setHeader(b"Content-Type", _download_type(request).encode("ascii"))
         request.setHeader(b"Content-Disposition", _attachment(name).encode("ascii"))
         request.setHeader(b"Cache-Control", DOWNLOAD_CACHE)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        return data
+        request.setHeader(b"Content-Length", b"%d" % size)
+        streamer = FileStreamer(blob_file, request, self._in_thread, size)
+        complete = await streamer.start()
+        # Klein finishes the response; after a cut, there is none to finish.
+        return b"" if complete else None
 
-    async def _read_visible_blob(self, account, principal_id, blob_id):
+    async def _open_visible_blob(self, account, principal_id, blob_id):
         # BlobMissing for a malformed id, a blob this principal does not
         # hold in the account, or one whose file is gone: all the same to
         # the client.
@@ -711,4 +722,8 @@ class JmapHttp:
             account, principal_id, [blob_id]
         ):
             raise BlobMissing(blob_id)
-        return await self._blobs.read(blob_id)
+        return await self._blobs.open(blob_id)
+
+    def _in_thread(self, function, *args):
+        pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, function, *args)

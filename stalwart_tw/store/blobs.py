@@ -81,6 +81,8 @@ from stalwart_tw.store.errors import BlobMissing
 __all__ = ["BlobStore", "is_blob_hash", "purge_interval"]
 
 TMP_FOLDER = "tmp"
+# Bytes read or written at a time when a blob is streamed.
+STREAM_CHUNK = 256 * 1024
 
 # At most this many expired temp rows are deleted by one purge, so that one
 # batch stays small enough for a Raft entry; the rest go in the next purge.
@@ -331,12 +333,48 @@ class BlobStore(Service):
         hash in flight; the caller calls L{release_in_flight} once a batch
         referencing it is committed or has failed.
 
+        @param data: bytes, or a binary file read from where it stands, a
+            chunk at a time (so a large upload is never whole in memory),
+            and closed once read.
         @return: a Deferred firing with C{(blob_hash, size)} once the file is
             durable.
         """
+        if hasattr(data, "read"):
+            return self._in_thread(self._put_file, data)
         if not isinstance(data, (bytes, bytearray)):
             return fail(TypeError(f"a blob is bytes, not {type(data).__name__}"))
         return self._in_thread(self._put, bytes(data))
+
+    def _put_file(self, source):
+        # Hashed and copied in one pass; the name is known only at the end.
+        hasher, size = blake3(), 0
+        tmp_path = self._new_tmp_path()
+        try:
+            with source, open(tmp_path, "xb") as tmp_file:
+                while chunk := source.read(STREAM_CHUNK):
+                    hasher.update(chunk)
+                    tmp_file.write(chunk)
+                    size += len(chunk)
+                tmp_file.flush()
+                _fsync(tmp_file.fileno())
+        except BaseException:
+            _discard(tmp_path)
+            raise
+        blob_hash = hasher.hexdigest()
+        self._mark_in_flight(blob_hash)
+        try:
+            final_path = self.path_for(blob_hash)
+            if os.path.isfile(final_path):
+                _discard(tmp_path)
+                if self._is_unsynced(blob_hash):
+                    _fsync_folder(os.path.dirname(final_path))
+            else:
+                self._install(blob_hash, tmp_path, final_path)
+        except BaseException:
+            _discard(tmp_path)
+            self.release_in_flight(blob_hash)
+            raise
+        return blob_hash, size
 
     def _put(self, data):
         blob_hash = blake3(data).hexdigest()
@@ -361,14 +399,25 @@ class BlobStore(Service):
         with self._lock:
             return blob_hash in self._unsynced
 
-    def _write_new(self, blob_hash, final_path, data):
+    def _new_tmp_path(self):
         os.makedirs(self._tmp, exist_ok=True)
-        tmp_path = os.path.join(self._tmp, f"{self._tmp_prefix}{next(self._tmp_numbers)}")
+        return os.path.join(self._tmp, f"{self._tmp_prefix}{next(self._tmp_numbers)}")
+
+    def _write_new(self, blob_hash, final_path, data):
+        tmp_path = self._new_tmp_path()
         try:
             with open(tmp_path, "xb") as tmp_file:
                 tmp_file.write(data)
                 tmp_file.flush()
                 _fsync(tmp_file.fileno())
+        except BaseException:
+            _discard(tmp_path)
+            raise
+        self._install(blob_hash, tmp_path, final_path)
+
+    def _install(self, blob_hash, tmp_path, final_path):
+        # A durable temporary file becomes the blob's, durably.
+        try:
             folder = _make_folders(self.root, self._levels(blob_hash))
         except BaseException:
             _discard(tmp_path)
@@ -459,6 +508,26 @@ class BlobStore(Service):
             return self._in_flight.get(blob_hash, 0)
 
     # -- reading ----------------------------------------------------------
+
+    def open(self, blob_hash):
+        """
+        @return: a Deferred firing with C{(binary file, size)} of
+            C{blob_hash}, open for the caller to read (off the reactor) and
+            close, or failing with L{BlobMissing}. An open file stays
+            readable even if a purge removes its name meanwhile.
+        """
+        try:
+            path = self.path_for(blob_hash)
+        except BlobMissing:
+            return fail()
+        return self._in_thread(self._open, blob_hash, path)
+
+    def _open(self, blob_hash, path):
+        try:
+            blob_file = open(path, "rb")
+        except FileNotFoundError:
+            raise BlobMissing(blob_hash) from None
+        return blob_file, os.fstat(blob_file.fileno()).st_size
 
     def read(self, blob_hash):
         """
