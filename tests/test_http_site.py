@@ -161,6 +161,20 @@ class BodyLimitTests(SiteTestCase):
         self.assertEqual(json.loads(content)["limit"], "maxSizeRequest")
 
     @defer.inlineCallbacks
+    def test_hundred_megabytes(self):
+        """100 MB sent to the API is refused with limit/maxSizeRequest; the node serves on."""
+        headers = {**ADMIN, b"Content-Type": [b"application/json"]}
+        megabyte = b"x" * (1024 * 1024)
+        body = ChunkedBody([b'{"using": [], "methodCalls": [], "pad": "'] + [megabyte] * 100
+                           + [b'"}'])
+        response, content = yield self.request("POST", "/jmap/", headers=headers, data=body)
+        self.assertEqual((response.code, json.loads(content)["limit"]), (400, "maxSizeRequest"))
+        echo = json.dumps({"using": ["urn:ietf:params:jmap:core"],
+                           "methodCalls": [["Core/echo", {}, "c"]]}).encode()
+        response, _ = yield self.request("POST", "/jmap/", headers=headers, data=echo)
+        self.assertEqual(response.code, 200)
+
+    @defer.inlineCallbacks
     def test_body_within_the_limit(self):
         """A chunked body under the limit is read whole and answered."""
         headers = {**ADMIN, b"Content-Type": [b"application/json"]}
