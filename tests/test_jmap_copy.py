@@ -227,3 +227,20 @@ class CopyTests(TestCase):
         calls.clear()
         calls.append(None)
         yield self.assertFailure(self.copy({"k": {"id": "a"}}), RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_read_only_accounts(self):
+        """
+        No copy into an account the caller may only read (accountReadOnly);
+        from one, the implicit /set that would destroy the originals is
+        refused the same way while the copies stand.
+        """
+        self.context.read_only = frozenset({TEAM})
+        error = yield self.failure({"k": {"id": "a"}})
+        self.assertEqual(error["type"], "accountReadOnly")
+        self.context.read_only = frozenset({HOME})
+        (_, copied), (name, error) = yield self.copy(
+            {"k": {"id": "a"}}, onSuccessDestroyOriginal=True)
+        self.assertEqual(list(copied["created"]), ["k"])
+        self.assertEqual((name, error["type"]), ("error", "accountReadOnly"))
+        self.assertIn("a", self.notes.objects[HOME])

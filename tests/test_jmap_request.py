@@ -290,6 +290,19 @@ class RunRequestTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     @defer.inlineCallbacks
+    def test_shutting_down_is_server_unavailable(self):
+        """A write refused because the node is stopping is serverUnavailable, not logged as a bug."""
+        from stalwart_tw.cluster.node import NodeStopping
+
+        async def writes(context, arguments):
+            raise NodeStopping("the node is shutting down")
+
+        self.registry.register("Writes/set", CORE_CAPABILITY, writes)
+        response = yield self.run_calls([["Writes/set", {}, "a"]])
+        self.assertEqual(response["methodResponses"][0][1]["type"], "serverUnavailable")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
     def test_async_method_and_several_responses(self):
         """A method may be a coroutine and may answer with several responses."""
 

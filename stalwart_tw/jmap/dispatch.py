@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import CancelledError
 
-from stalwart_tw.jmap.errors import SERVER_FAIL, UNKNOWN_METHOD, MethodError
+from stalwart_tw.cluster.node import NodeStopping
+from stalwart_tw.jmap.errors import (
+    SERVER_FAIL,
+    SERVER_UNAVAILABLE,
+    UNKNOWN_METHOD,
+    MethodError,
+)
 from stalwart_tw.jmap.request import Invocation, resolve_references
 from stalwart_tw.logs import Logger
 
@@ -35,12 +41,15 @@ class CallContext:
     @ivar using: the capabilities the request declared.
     @ivar created_ids: creation id -> id, shared by all calls of the request.
     @ivar accounts: the principal ids of the accounts the caller may use.
+    @ivar read_only: those of them the caller may read but not change
+        (the Session's C{isReadOnly}).
     """
 
     principal: object
     using: tuple
     created_ids: dict = field(default_factory=dict)
     accounts: tuple = ()
+    read_only: frozenset = frozenset()
 
 
 @dataclass
@@ -146,7 +155,9 @@ def _invocations(call, result):
 
 
 def _failed(call, error):
-    if not isinstance(error, MethodError):
+    if isinstance(error, NodeStopping):
+        error = MethodError(SERVER_UNAVAILABLE, "the server is shutting down; try again shortly")
+    elif not isinstance(error, MethodError):
         # Called inside the except block: the failure logged is this one.
         log.failure("method {name} failed", name=call.name)
         error = MethodError(SERVER_FAIL, f"{call.name} failed unexpectedly; the error is logged")

@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
     ACCOUNT_NOT_SUPPORTED_BY_METHOD,
+    ACCOUNT_READ_ONLY,
     CANNOT_CALCULATE_CHANGES,
     FROM_ACCOUNT_NOT_FOUND,
     FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD,
@@ -118,6 +119,15 @@ def require_account(context, arguments, name="accountId", not_found=ACCOUNT_NOT_
     if number is None or number not in context.accounts:
         raise MethodError(not_found, f"no account {value!r}")
     return number
+
+
+def require_writable(context, account):
+    """
+    @raise MethodError: C{accountReadOnly} for an account the caller may
+        only read.
+    """
+    if account in context.read_only:
+        raise MethodError(ACCOUNT_READ_ONLY, f"the account {account_id(account)!r} is read-only")
 
 
 def _string_list(arguments, name):
@@ -374,6 +384,7 @@ async def standard_set(datatype, max_objects, context, arguments):
     """
     check_arguments(arguments, SET_ARGUMENTS)
     account = require_account(context, arguments)
+    require_writable(context, account)
     creates = _map_or_null(arguments, "create", lambda v: isinstance(v, dict), "objects")
     updates = _map_or_null(arguments, "update", lambda v: isinstance(v, dict), "patches")
     destroys = arguments.get("destroy")
@@ -487,6 +498,7 @@ async def standard_copy(datatype, max_objects, context, arguments):
     source = require_account(context, arguments, "fromAccountId", FROM_ACCOUNT_NOT_FOUND)
     if source == target:
         raise invalid_arguments("'fromAccountId' and 'accountId' must be different accounts")
+    require_writable(context, target)
     if not datatype.supports_account(source):
         raise MethodError(FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD, f"no {datatype.name} there")
     if not datatype.supports_account(target):
