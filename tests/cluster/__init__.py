@@ -1,0 +1,3 @@
+"""
+Tests of the cluster: failure detection, gossip, RPC.
+"""
