@@ -631,6 +631,9 @@ def _check_together(values: dict, origins: dict) -> None:
                 raise _required(origins, absent, present, "is set")
     if values["seed-nodes"] and values["rpc-advertise-addr"] is None:
         raise _required(origins, "rpc-advertise-addr", "seed-nodes", "is set")
+    # A generated key would differ on every node: a cluster needs its own.
+    if values["rpc-advertise-addr"] is not None and values["encryption-key"] is None:
+        raise _required(origins, "encryption-key", "rpc-advertise-addr", "is set")
     # The key pair is checked above, so the certificate stands for both.
     if values["lmtp-tls-only"] and values["lmtp-cert-path"] is None:
         raise _required(origins, "lmtp-cert-path", "lmtp-tls-only", "is true")

@@ -169,6 +169,8 @@ class NodeService(Service):
         self.settings = settings
         self.ready = False
         self.ports = {}
+        self.identity = None
+        self.cluster = None
         self._started_at = None
         self._starting = None
         self._build_components()
@@ -219,6 +221,7 @@ class NodeService(Service):
             store=self.store,
             node=self.node,
             bus=self.bus,
+            cluster=self.describe_cluster,
         )
 
     # Before the reactor runs.
@@ -246,6 +249,12 @@ class NodeService(Service):
         except StoreError as error:
             raise StartupError(str(error)) from None
         self.encryption_key = self._load_encryption_key()
+        from stalwart_tw.cluster.identity import load_identity
+
+        try:
+            self.identity = load_identity(path)
+        except (ValueError, OSError) as error:
+            raise StartupError(f"cannot read the node's identity: {error}") from None
 
     def _load_encryption_key(self):
         if self.settings.encryption_key:
@@ -276,6 +285,8 @@ class NodeService(Service):
         else:
             scheme, factory = "http", site
         self._listen_one("JMAP", scheme, factory, settings.jmap_bind_addr, settings.jmap_port)
+        if settings.rpc_advertise_addr is not None:
+            self._listen_cluster()
         if settings.manhole_port:
             from stalwart_tw.admin.manhole import manhole_factory
 
@@ -289,10 +300,44 @@ class NodeService(Service):
             self._listen_one(
                 "admin shell",
                 "telnet",
-                manhole_factory(self.directory, self.status),
+                manhole_factory(self.directory, self.status, self.describe_cluster),
                 settings.manhole_bind_addr,
                 settings.manhole_port,
             )
+
+    def _listen_cluster(self):
+        from stalwart_tw.cluster.transport import ClusterTransport
+
+        settings = self.settings
+        self.cluster = ClusterTransport(
+            settings, self.identity, self.encryption_key, self._reactor
+        )
+        try:
+            self.cluster.listen()
+        except CannotListenError as error:
+            reason = error.socketError.strerror if error.socketError else str(error)
+            raise StartupError(
+                f"cannot listen for RPC and gossip on {settings.rpc_bind_addr} port "
+                f"{settings.rpc_port}: {reason}"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise StartupError(f"cannot set up RPC TLS: {error}") from None
+
+    def describe_cluster(self):
+        """
+        @return: this node and its peers, as C{GET /admin/cluster} shows them.
+        """
+        if self.cluster is not None and self.cluster.gossip is not None:
+            return self.cluster.describe()
+        return {
+            "node": {
+                "id": self.identity.node_id if self.identity else None,
+                "rpc": None,
+                "jmapUrl": self.settings.jmap_url,
+                "role": self.settings.cluster_role,
+            },
+            "peers": [],
+        }
 
     def _listen_one(self, name, scheme, factory, address, port):
         try:
@@ -348,6 +393,9 @@ class NodeService(Service):
         return ensureDeferred(self._shut_down())
 
     async def _shut_down(self):
+        if self.cluster is not None:
+            # Before the JMAP port closes: peers hear "leave" at once.
+            await self.cluster.stop()
         await self._stop_listening()
         if self._starting is not None:
             await self._starting

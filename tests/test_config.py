@@ -294,7 +294,7 @@ class ValueTests(_ConfigTestMixin, TestCase):
             "lmtp-cert-path: /c\nlmtp-key-path: /k\n"
             "sieve-notification-uris: [mailto, xmpp]\n"
             "seed-nodes: [a.example, 'b.example:7000']\n"
-            "rpc-advertise-addr: c.example\n"
+            "rpc-advertise-addr: c.example\nencryption-key: a-shared-cluster-key\n"
         )
         settings = load(file_path=path)
         self.assertEqual(settings.jmap_port, 9000)
@@ -339,7 +339,7 @@ class ValueTests(_ConfigTestMixin, TestCase):
         settings = load(command_line={
             "lmtp-trusted-ips": " 10.0.0.1 ;; 192.168.0.0/16; ::1;",
             "seed-nodes": "a.example;b.example:7000;[::1]:7911;10.0.0.2;",
-            "rpc-advertise-addr": "10.0.0.3",
+            "rpc-advertise-addr": "10.0.0.3", "encryption-key": "a-shared-cluster-key",
         })
         self.assertEqual(
             settings.lmtp_trusted_ips, ("10.0.0.1", "192.168.0.0/16", "::1")
@@ -380,7 +380,8 @@ class ValueTests(_ConfigTestMixin, TestCase):
     def test_advertise_hostname(self):
         """rpc-advertise-addr takes a host name as well as an address."""
         for raw in ["node1.example.com", "node1", "10.1.2.3", "fe80::1"]:
-            settings = load(command_line={"rpc-advertise-addr": raw})
+            settings = load(command_line={
+                "rpc-advertise-addr": raw, "encryption-key": "a-shared-cluster-key"})
             self.assertEqual(settings.rpc_advertise_addr, raw)
 
     def test_empty_optional(self):
@@ -412,6 +413,7 @@ class ValueTests(_ConfigTestMixin, TestCase):
         """seed-nodes with rpc-advertise-addr is accepted."""
         settings = load(environ={
             "SEED_NODES": "a.example", "RPC_ADVERTISE_ADDR": "b.example",
+            "ENCRYPTION_KEY": "a-shared-cluster-key",
         })
         self.assertEqual(settings.seed_nodes, ("a.example",))
 
@@ -718,6 +720,14 @@ class CrossCheckTests(_ConfigTestMixin, TestCase):
             "setting 'rpc-advertise-addr' = None (default): expected an IP "
             "address or a host name, because 'seed-nodes' is set (from "
             "command line --seed-nodes)",
+        )
+
+    def test_cluster_needs_its_own_key(self):
+        """A node in a cluster needs encryption-key: a generated one would differ per node."""
+        self.assertEqual(
+            self.error_of(command_line={"rpc-advertise-addr": "10.0.0.1"}),
+            "setting 'encryption-key' = None (default): expected a string, because "
+            "'rpc-advertise-addr' is set (from command line --rpc-advertise-addr)",
         )
 
     def test_tls_only_needs_cert(self):

@@ -23,6 +23,7 @@ The service layer binds the port (loopback only) with L{manhole_factory}.
 """
 
 import inspect
+import time
 from datetime import datetime, timezone
 
 from twisted.conch.insults import insults
@@ -288,9 +289,10 @@ class AdminHelpers:
     The functions of the shell's namespace; each returns a Deferred.
     """
 
-    def __init__(self, directory, status):
+    def __init__(self, directory, status, cluster=None):
         self._directory = directory
         self._status = status
+        self._cluster = cluster
 
     def create_account(self, name, password, email=None, aliases=(), quota=0, description=None):
         """Create an individual that logs in with name (or any address) and password."""
@@ -366,11 +368,17 @@ class AdminHelpers:
         """Show the data path, database and blob sizes, uptime and applied index."""
         return maybeDeferred(self._status)
 
+    def cluster(self):
+        """Show this node and its peers: address, state, phi, epoch, last contact, RPC."""
+        if self._cluster is None:
+            return maybeDeferred(lambda: Text("this node runs alone"))
+        return maybeDeferred(lambda: Text(render_cluster(self._cluster())))
+
     NAMES = (
         "create_account", "create_domain", "create_group", "create_list",
         "list_accounts", "list_domains", "list_groups", "list_lists", "show",
         "update", "delete", "add_alias", "remove_alias", "add_member",
-        "remove_member", "status",
+        "remove_member", "status", "cluster",
     )
 
     def help(self):
@@ -387,6 +395,31 @@ class AdminHelpers:
         @return: the shell's namespace: every helper by name.
         """
         return {name: getattr(self, name) for name in self.NAMES + ("help",)}
+
+
+_CLUSTER_COLUMNS = ("id", "address", "state", "phi", "epoch", "last contact", "RPC")
+
+
+def render_cluster(described, now=None):
+    """
+    @param described: the cluster document (as C{GET /admin/cluster}).
+    @return: the member table as text.
+    """
+    now = time.time() if now is None else now
+    node = described["node"]
+    rows = [_CLUSTER_COLUMNS]
+    for peer in described["peers"]:
+        seen = peer.get("lastSeen")
+        rows.append((
+            peer["id"], peer["rpc"], peer["state"], f"{peer['phi']:.2f}", str(peer["epoch"]),
+            "never" if seen is None else f"{max(now - seen, 0):.1f} s ago",
+            peer.get("rpcConnection") or "-",
+        ))
+    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
+    lines = [f"this node: {node['id']} at {node['rpc']} ({node['role']}), {node['jmapUrl']}"]
+    for row in rows:
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    return "\n".join(lines).rstrip()
 
 
 class AdminLoginProtocol(AuthenticatingTelnetProtocol):
@@ -422,9 +455,9 @@ class AdminShellFactory(ServerFactory):
     Builds, per connection, the telnet login in front of the admin shell.
     """
 
-    def __init__(self, directory, status):
+    def __init__(self, directory, status, cluster=None):
         self._directory = directory
-        self.namespace = AdminHelpers(directory, status).namespace()
+        self.namespace = AdminHelpers(directory, status, cluster).namespace()
 
     def buildProtocol(self, addr):
         checker = AdminChecker(self._directory, addr)
@@ -434,7 +467,7 @@ class AdminShellFactory(ServerFactory):
         return protocol
 
 
-def manhole_factory(directory, status):
+def manhole_factory(directory, status, cluster=None):
     """
     The admin shell's telnet factory; the caller binds it to a port.
 
@@ -442,8 +475,10 @@ def manhole_factory(directory, status):
         that the helpers act on.
     @param status: a zero-argument callable returning a dict (data path,
         database and blob sizes in bytes, uptime seconds, applied index).
+    @param cluster: a zero-argument callable returning the cluster document
+        (as C{GET /admin/cluster}), or C{None} for a node that runs alone.
     """
-    return AdminShellFactory(directory, status)
+    return AdminShellFactory(directory, status, cluster)
 
 
 __all__ = ["AdminChecker", "AdminShellFactory", "manhole_factory", "render"]

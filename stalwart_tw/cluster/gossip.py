@@ -252,7 +252,7 @@ class Gossip(DatagramProtocol):
         self._seal = PacketSeal(encryption_key)
         self._interval = ping_interval
         self._seeds = list(seeds)
-        self._rpc = rpc
+        self.rpc = rpc
         self._clock = clock
         self._wall_clock = wall_clock
         self._joined = not self._seeds
@@ -302,7 +302,7 @@ class Gossip(DatagramProtocol):
                 "generation": member.generation,
                 "lastSeen": last_seen,
                 "role": member.role,
-                "rpcConnection": None if self._rpc is None else self._rpc.state(member.address),
+                "rpcConnection": None if self.rpc is None else self.rpc.state(member.address),
             })
         return rows
 
@@ -358,7 +358,7 @@ class Gossip(DatagramProtocol):
             if member.state == LEFT:
                 continue
             state = state_of(member.detector.phi(now))
-            if state != ALIVE and self._rpc is not None:
+            if state != ALIVE and self.rpc is not None:
                 self._probe(member)
             if state != member.state:
                 self._transition(member, state)
@@ -368,8 +368,8 @@ class Gossip(DatagramProtocol):
         self.log.info("cluster: peer {id} at {address} is {state} (was {old})",
                       id=member.node_id, address=_host_port(member.host, member.port),
                       state=state, old=old)
-        if state == ALIVE and self._rpc is not None:
-            self._rpc.peer_alive(member.address)
+        if state == ALIVE and self.rpc is not None:
+            self.rpc.peer_alive(member.address)
         for listener in self._listeners:
             listener(member, old, state)
 
@@ -465,10 +465,10 @@ class Gossip(DatagramProtocol):
         return listed
 
     def _fetch_members(self, source):
-        if self._rpc is None or source.node_id in self._fetching:
+        if self.rpc is None or source.node_id in self._fetching:
             return
         self._fetching.add(source.node_id)
-        fetching = self._rpc.call((source.host, source.port), MEMBERS_METHOD, None)
+        fetching = self.rpc.call((source.host, source.port), MEMBERS_METHOD, None)
         fetching.addCallback(self._merge_members)
         fetching.addErrback(self._fetch_failed, source)
         fetching.addBoth(lambda _: self._fetching.discard(source.node_id))
@@ -504,10 +504,10 @@ class Gossip(DatagramProtocol):
                 member.role = info["role"]
 
     def _probe(self, member):
-        if member.node_id in self._probing or self._rpc.state(member.address) != "connected":
+        if member.node_id in self._probing or self.rpc.state(member.address) != "connected":
             return
         self._probing.add(member.node_id)
-        probing = self._rpc.call(member.address, PROBE_METHOD, None)
+        probing = self.rpc.call(member.address, PROBE_METHOD, None)
         probing.addCallback(self._probed, member)
         probing.addErrback(lambda _: None)
         probing.addBoth(lambda _: self._probing.discard(member.node_id))

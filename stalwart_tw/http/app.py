@@ -63,7 +63,7 @@ from stalwart_tw.jmap.session import (
 )
 from stalwart_tw.logs import Logger, debug_enabled
 from stalwart_tw.store.blobs import is_blob_hash
-from stalwart_tw.store.directory import CHANGE_TYPE
+from stalwart_tw.store.directory import ADMIN_NAME, CHANGE_TYPE
 from stalwart_tw.store.errors import BlobMissing
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
@@ -384,7 +384,7 @@ class JmapHttp:
     event_streams_per_user = 32
 
     def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None,
-                 blobs=None, store=None, node=None, bus=None):
+                 blobs=None, store=None, node=None, bus=None, cluster=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -392,6 +392,8 @@ class JmapHttp:
         self._settings = settings
         self._is_ready = is_ready
         self._threadpool = threadpool
+        # A zero-argument callable returning the cluster document.
+        self._cluster = cluster
         self.methods = MethodRegistry()
         register_core(self.methods)
         # Principal states are the directory's (account 0), announced under
@@ -579,6 +581,15 @@ class JmapHttp:
         if CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {}):
             self._sessions.clear()
             self._sessions_generation += 1
+
+    @app.route("/admin/cluster", methods=["GET"])
+    async def admin_cluster(self, request):
+        principal = await self._caller(request)
+        if principal.name != ADMIN_NAME:
+            return problem(request, 403, "Forbidden", "Only the admin may see the cluster.")
+        if self._cluster is None:
+            return self._not_found(request, "This node has no cluster view.")
+        return json_response(request, self._cluster())
 
     @app.route("/jmap/eventsource", methods=["GET"])
     @app.route("/jmap/eventsource/", methods=["GET"])
