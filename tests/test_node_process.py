@@ -45,27 +45,28 @@ class NodeProcess(protocol.ProcessProtocol):
 
     def outReceived(self, data):
         self.output += data
-        for pattern, waiter in list(self._waiting):
-            match = re.search(pattern, self.output)
+        for entry in list(self._waiting):
+            pattern, after, waiter = entry
+            match = re.compile(pattern).search(self.output, after)
             if match:
-                self._waiting.remove((pattern, waiter))
+                self._waiting.remove(entry)
                 waiter.callback(match)
 
     errReceived = outReceived
 
     def processEnded(self, reason):
-        for _, waiter in self._waiting:
+        for _, _, waiter in self._waiting:
             waiter.errback(AssertionError(b"exited before printing it:\n" + self.output))
         self._waiting = []
         self.ended.callback(reason.value.exitCode)
 
-    def wait_for(self, pattern):
-        """A Deferred firing with the match once the output matches."""
-        match = re.search(pattern, self.output)
+    def wait_for(self, pattern, after=0):
+        """A Deferred firing with the match once the output from C{after} on matches."""
+        match = re.compile(pattern).search(self.output, after)
         if match:
             return defer.succeed(match)
         waiter = defer.Deferred()
-        self._waiting.append((pattern, waiter))
+        self._waiting.append((pattern, after, waiter))
         return waiter
 
 

@@ -234,6 +234,7 @@ class Gossip(DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(self, node_id, generation, advertised, jmap_url, role, encryption_key,
                  ping_interval, seeds=(), rpc=None, clock=None, wall_clock=time.time):
@@ -407,13 +408,7 @@ class Gossip(DatagramProtocol):
         now = self._clock.seconds()
         member = self.members.get(summary.node_id)
         if member is None:
-            member = Member(summary.node_id, summary.host, summary.port, summary.generation,
-                            summary.epoch, summary.term, summary.index,
-                            detector=PhiAccrual(self._interval))
-            self.members[summary.node_id] = member
-            self.log.info("cluster: peer {id} at {address} joined", id=member.node_id,
-                          address=_host_port(member.host, member.port))
-            self._heard(member, now)
+            member = self._add_member(summary, now)
             self._fetch_members(source)
             return member
         if not summary.newer_than(member.generation, member.epoch):
@@ -428,6 +423,16 @@ class Gossip(DatagramProtocol):
         self._heard(member, now)
         if member.state != ALIVE:
             self._transition(member, ALIVE)
+        return member
+
+    def _add_member(self, summary, now):
+        member = Member(summary.node_id, summary.host, summary.port, summary.generation,
+                        summary.epoch, summary.term, summary.index,
+                        detector=PhiAccrual(self._interval))
+        self.members[summary.node_id] = member
+        self.log.info("cluster: peer {id} at {address} joined", id=member.node_id,
+                      address=_host_port(member.host, member.port))
+        self._heard(member, now)
         return member
 
     def _heard(self, member, now):
@@ -493,11 +498,7 @@ class Gossip(DatagramProtocol):
                 continue
             member = self.members.get(summary.node_id)
             if member is None:
-                # Known from a list only: alive once it is heard from itself.
-                member = Member(summary.node_id, summary.host, summary.port, summary.generation,
-                                summary.epoch, detector=PhiAccrual(self._interval))
-                self.members[summary.node_id] = member
-                self._heard(member, self._clock.seconds())
+                member = self._add_member(summary, self._clock.seconds())
             if isinstance(info.get("jmapUrl"), str):
                 member.jmap_url = info["jmapUrl"]
             if info.get("role") in ("voter", "replica"):

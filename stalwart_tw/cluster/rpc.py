@@ -586,6 +586,9 @@ class RpcServerFactory(Factory):
     @param reactor: also the clock of the timeouts.
     """
 
+    # Twisted's "Starting factory" lines say nothing an admin needs.
+    noisy = False
+
     def __init__(self, settings, encryption_key, handlers, reactor=None,
                  binding: Callable = tls_exporter, max_frame: Optional[int] = None) -> None:
         if reactor is None:
@@ -647,6 +650,8 @@ class _QueuedCall:
 
 
 class _ClientFactory(Factory):
+    noisy = False
+
     def __init__(self, build):
         self._build = build
 
