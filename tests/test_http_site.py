@@ -316,3 +316,30 @@ class UnauthenticatedBodyTests(TestCase):
         self.assertFalse(request.body_discarded)
         request.content.seek(0)
         self.assertEqual(len(request.content.read()), 1_000_000)
+
+
+class AdminClusterTests(SiteTestCase):
+    """
+    GET /admin/cluster: the node and its peers, for the admin only.
+    """
+
+    @defer.inlineCallbacks
+    def test_admin_sees_the_node(self):
+        """A node that runs alone shows itself (its id, no RPC address) and no peers."""
+        response, body = yield self.request("GET", "/admin/cluster", headers=ADMIN)
+        self.assertEqual(response.code, 200)
+        described = json.loads(body)
+        self.assertEqual(described["node"]["id"], self.service.identity.node_id)
+        self.assertIsNone(described["node"]["rpc"])
+        self.assertEqual(described["node"]["role"], "voter")
+        self.assertEqual(described["peers"], [])
+
+    @defer.inlineCallbacks
+    def test_others_forbidden(self):
+        """Anyone else gets 403; no credentials, 401."""
+        yield self.service.directory.create_principal("individual", "jane", secret="jane-pw")
+        jane = {b"Authorization": [b"Basic " + b64encode(b"jane:jane-pw")]}
+        response, body = yield self.request("GET", "/admin/cluster", headers=jane)
+        self.assertEqual((response.code, json.loads(body)["status"]), (403, 403))
+        response, _ = yield self.request("GET", "/admin/cluster")
+        self.assertEqual(response.code, 401)

@@ -266,6 +266,25 @@ class HelperTests(ManholeTestCase):
         self.assertIn("applied_index: 3", output)
 
     @inlineCallbacks
+    def test_cluster_table(self):
+        """cluster() shows this node and a row per peer; alone, says so."""
+        described = {
+            "node": {"id": "aa" * 8, "rpc": "10.0.0.1:7911", "jmapUrl": "http://a",
+                     "role": "voter"},
+            "peers": [{"id": "bb" * 8, "rpc": "10.0.0.2:7911", "state": "suspected",
+                       "phi": 6.25, "epoch": 42, "lastSeen": None, "rpcConnection": "idle"}],
+        }
+        client = yield self.logged_in()
+        self.assertIn("this node runs alone", (yield client.run("cluster()")))
+        self.factory = manhole_factory(self.directory, lambda: {}, lambda: described)
+        client = yield self.logged_in()
+        output = (yield client.run("cluster()")).replace("\r", "")
+        self.assertIn("this node: " + "aa" * 8 + " at 10.0.0.1:7911 (voter)", output)
+        row = next(line for line in output.splitlines() if line.startswith("bb" * 8))
+        self.assertEqual(row.split(), ["bb" * 8, "10.0.0.2:7911", "suspected", "6.25", "42",
+                                       "never", "idle"])
+
+    @inlineCallbacks
     def test_unexpected_failure_logged(self):
         """A failure that is not a DirectoryError is shown and logged, not raised."""
         def broken():

@@ -47,6 +47,8 @@ KEY_CONTEXT = "stalwart-tw 2026-12-03 gossip packet sealing key"
 ASSOCIATED_DATA = b"stalwart-tw gossip v1"
 SAMPLE_MAX = 16
 LEFT = "left"
+# A silent peer with an RPC connection up is probed over it from this phi.
+PROBE_PHI = 3.0
 
 JOIN, JOIN_REPLY, PING, PONG, LEAVE = 1, 2, 3, 4, 5
 _KINDS = frozenset({JOIN, JOIN_REPLY, PING, PONG, LEAVE})
@@ -358,9 +360,12 @@ class Gossip(DatagramProtocol):
         for member in list(self.members.values()):
             if member.state == LEFT:
                 continue
-            state = state_of(member.detector.phi(now))
-            if state != ALIVE and self.rpc is not None:
+            phi = member.detector.phi(now)
+            if phi >= PROBE_PHI and self.rpc is not None:
+                # Well before suspicion: a probe answered over RPC is a
+                # heartbeat, so lost UDP alone never makes a peer suspected.
                 self._probe(member)
+            state = state_of(phi)
             if state != member.state:
                 self._transition(member, state)
 

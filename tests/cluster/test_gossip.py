@@ -240,13 +240,21 @@ class FailureTests(GossipTestCase):
         self.assertEqual(again.generation, 2)
 
     def test_udp_lost_but_rpc_up(self):
-        """A peer whose UDP is lost but whose RPC answers is probed, never offline."""
+        """
+        A peer whose UDP is lost but whose RPC answers is probed before it
+        is suspected, and never is; once RPC is lost too, it goes offline.
+        """
         nodes = self.cluster(3)
         quiet = nodes[2]
         self.network.udp_blocked.add(quiet.advertised)
         self.network.run(20)
         for gossip in nodes[:2]:
-            self.assertNotEqual(gossip.members[quiet.node_id].state, OFFLINE)
+            self.assertEqual(gossip.members[quiet.node_id].state, ALIVE)
+        self.assertEqual([t for t in self.transitions if t[1] == quiet.node_id], [])
+        self.network.rpc_blocked.add(quiet.advertised)
+        self.network.run(10)
+        for gossip in nodes[:2]:
+            self.assertEqual(gossip.members[quiet.node_id].state, OFFLINE)
 
     def test_leave(self):
         """A node that leaves cleanly is 'left' at once everywhere, not suspected."""
