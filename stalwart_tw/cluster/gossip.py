@@ -374,8 +374,6 @@ class Gossip(DatagramProtocol):
         self.log.info("cluster: peer {id} at {address} is {state} (was {old})",
                       id=member.node_id, address=_host_port(member.host, member.port),
                       state=state, old=old)
-        if state == ALIVE and self.rpc is not None:
-            self.rpc.peer_alive(member.address)
         for listener in self._listeners:
             listener(member, old, state)
 
@@ -443,6 +441,9 @@ class Gossip(DatagramProtocol):
     def _heard(self, member, now):
         member.detector.heartbeat(now)
         member.last_seen = now
+        if self.rpc is not None:
+            # A peer RPC gave up on may be dialled again: gossip vouches for it.
+            self.rpc.peer_alive(member.address)
 
     def _left(self, sender):
         member = self.members.get(sender.node_id)

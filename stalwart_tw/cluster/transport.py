@@ -9,7 +9,8 @@ node of a cluster has no seed-nodes; the others name it or any member).
 from twisted.internet.defer import DeferredList
 
 from stalwart_tw.cluster.gossip import Gossip, parse_seed
-from stalwart_tw.cluster.rpc import PeerConnections, RpcServerFactory
+from stalwart_tw.cluster.peers import PeerConnections
+from stalwart_tw.cluster.rpc import RpcServerFactory
 from stalwart_tw.cluster.tls import rpc_tls
 from stalwart_tw.logs import Logger
 

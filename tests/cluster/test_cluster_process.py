@@ -19,7 +19,8 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from stalwart_tw.cluster.rpc import PeerConnections, RpcError
+from stalwart_tw.cluster.peers import PeerConnections
+from stalwart_tw.cluster.rpc import RpcError
 from stalwart_tw.cluster.tls import rpc_tls
 from stalwart_tw.config import load_settings
 from tests.test_node_process import basic, start_node

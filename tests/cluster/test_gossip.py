@@ -175,10 +175,13 @@ class MembershipTests(GossipTestCase):
                              , sorted({"http://n0", "http://n1", "http://n2"} - {gossip.jmap_url}))
 
     def test_five_nodes_full_membership(self):
+        """Five nodes; each vouches to its RPC client for every peer it hears from."""
         nodes = self.cluster(5)
         for gossip in nodes:
             self.assertEqual(set(self.states(gossip).values()), {ALIVE})
             self.assertEqual(len(gossip.members), 4)
+            self.assertEqual(set(gossip.rpc.alive),
+                             {n.advertised for n in nodes if n is not gossip})
 
     def test_every_packet_fits_a_datagram(self):
         """With 5, 50 and 500 members known, every packet sent stays under 1,400 bytes."""
@@ -278,6 +281,21 @@ class FailureTests(GossipTestCase):
         self.assertLess(row["phi"], 5)
         self.assertGreater(row["epoch"], 0)
         self.assertEqual(row["rpcConnection"], "connected")
+
+    def test_seed_by_host_name(self):
+        """A seed given by name is resolved with the reactor's resolver, never blocking."""
+        resolved = []
+
+        def resolve(name):
+            resolved.append(name)
+            return defer.succeed("127.0.0.1")
+
+        self.clock.resolve = resolve
+        seed = self.node(0)
+        late = self.node(1, seeds=[("seed.cluster.test", 7900)])
+        self.network.run(2)
+        self.assertIn("seed.cluster.test", resolved)
+        self.assertIn(late.node_id, seed.members)
 
     def test_join_repeated_until_answered(self):
         """A node whose seed is down keeps sending join, and joins once the seed is up."""

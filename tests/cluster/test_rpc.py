@@ -18,20 +18,19 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from stalwart_tw.cluster.peers import PeerConnections, backoff_delay
 from stalwart_tw.cluster.rpc import (
     AUTH,
     HELLO,
     LENGTH,
     REQUEST,
     FrameDecoder,
-    PeerConnections,
     RpcDisconnected,
     RpcPeerUnavailable,
     RpcProtocol,
     RpcRemoteError,
     RpcServerFactory,
     RpcTimeout,
-    backoff_delay,
     encode_frame,
     listen_rpc,
     tls_exporter,
@@ -63,13 +62,13 @@ def rpc_settings(test, **overrides):
 
 
 def capture_warnings(test):
-    """The list our RPC code's warn events will be appended to."""
+    """The list our RPC code's warn events (rpc.py and peers.py) will be appended to."""
     warnings = []
 
     def observe(event):
         if event.get("log_level") is LogLevel.warn and event.get(
             "log_namespace", ""
-        ).startswith("stalwart_tw.cluster.rpc"):
+        ).startswith(("stalwart_tw.cluster.rpc", "stalwart_tw.cluster.peers")):
             warnings.append(event)
 
     globalLogPublisher.addObserver(observe)
