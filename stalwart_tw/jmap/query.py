@@ -33,7 +33,12 @@ from stalwart_tw.jmap.errors import (
     invalid_arguments,
 )
 from stalwart_tw.jmap.session import account_id
-from stalwart_tw.jmap.standard import check_arguments, require_account
+from stalwart_tw.jmap.standard import (
+    boolean_argument,
+    check_arguments,
+    optional_string,
+    require_account,
+)
 from stalwart_tw.store.changes import (
     ChangesUnavailable,
     InvalidState,
@@ -317,20 +322,6 @@ def _int_argument(arguments, name, default, minimum=None):
     return value
 
 
-def _bool_argument(arguments, name):
-    value = arguments.get(name, False)
-    if not isinstance(value, bool):
-        raise invalid_arguments(f"{name!r} must be a boolean")
-    return value
-
-
-def _optional_id(arguments, name):
-    value = arguments.get(name)
-    if value is not None and not isinstance(value, str):
-        raise invalid_arguments(f"{name!r} must be null or an id string")
-    return value
-
-
 async def _results(datatype, spec, context, account, arguments):
     # The filter and sort are checked before anything is read.
     predicate = compile_filter(spec, arguments.get("filter"))
@@ -353,10 +344,10 @@ async def standard_query(datatype, spec, limits, context, arguments):
     check_arguments(arguments, QUERY_ARGUMENTS)
     account = require_account(context, arguments)
     position = _int_argument(arguments, "position", 0)
-    anchor = _optional_id(arguments, "anchor")
+    anchor = optional_string(arguments, "anchor", "an id string")
     anchor_offset = _int_argument(arguments, "anchorOffset", 0)
     limit = _int_argument(arguments, "limit", None, minimum=0)
-    calculate_total = _bool_argument(arguments, "calculateTotal")
+    calculate_total = boolean_argument(arguments, "calculateTotal")
     modseq, ids = await _results(datatype, spec, context, account, arguments)
     if anchor is not None:
         # With an anchor, position is ignored (RFC 8620 section 5.5).
@@ -400,8 +391,8 @@ async def standard_query_changes(datatype, spec, limits, context, arguments):
     if not isinstance(since_state, str):
         raise invalid_arguments("'sinceQueryState' must be a state string")
     max_changes = _int_argument(arguments, "maxChanges", None, minimum=0)
-    up_to_id = _optional_id(arguments, "upToId")
-    calculate_total = _bool_argument(arguments, "calculateTotal")
+    up_to_id = optional_string(arguments, "upToId", "an id string")
+    calculate_total = boolean_argument(arguments, "calculateTotal")
     # The results are read before the changes, so that every change they
     # reflect is among the changes: each changed id is then removed and
     # added back exactly where the results have it.

@@ -121,6 +121,28 @@ def require_account(context, arguments, name="accountId", not_found=ACCOUNT_NOT_
     return number
 
 
+def optional_string(arguments, name, what):
+    """
+    @return: the argument C{name}: a string, or C{None} when absent or null.
+    @raise MethodError: C{invalidArguments}, saying it must be C{what}.
+    """
+    value = arguments.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid_arguments(f"{name!r} must be null or {what}")
+    return value
+
+
+def boolean_argument(arguments, name):
+    """
+    @return: the boolean argument C{name}, false when absent.
+    @raise MethodError: C{invalidArguments} for anything but a boolean.
+    """
+    value = arguments.get(name, False)
+    if not isinstance(value, bool):
+        raise invalid_arguments(f"{name!r} must be a boolean")
+    return value
+
+
 def require_writable(context, account):
     """
     @raise MethodError: C{accountReadOnly} for an account the caller may
@@ -395,9 +417,7 @@ async def standard_set(datatype, max_objects, context, arguments):
     count = len(creates) + len(updates) + len(destroys)
     if count > max_objects:
         raise MethodError(REQUEST_TOO_LARGE, f"{count} changes; at most {max_objects} per /set")
-    if_in_state = arguments.get("ifInState")
-    if if_in_state is not None and not isinstance(if_in_state, str):
-        raise invalid_arguments("'ifInState' must be null or a state string")
+    if_in_state = optional_string(arguments, "ifInState", "a state string")
     old_modseq = await datatype.modseq(context, account)
     old_state = encode_state(old_modseq)
     if if_in_state is not None and if_in_state != old_state:
@@ -511,11 +531,9 @@ async def standard_copy(datatype, max_objects, context, arguments):
         raise MethodError(
             REQUEST_TOO_LARGE, f"{len(creates)} copies; at most {max_objects} per /copy"
         )
-    destroy_original = arguments.get("onSuccessDestroyOriginal", False)
-    if not isinstance(destroy_original, bool):
-        raise invalid_arguments("'onSuccessDestroyOriginal' must be a boolean")
+    destroy_original = boolean_argument(arguments, "onSuccessDestroyOriginal")
     if_from_in_state, if_in_state, destroy_from_if_in_state = (
-        _state_or_null(arguments, name)
+        optional_string(arguments, name, "a state string")
         for name in ("ifFromInState", "ifInState", "destroyFromIfInState")
     )
     from_modseq, originals = await datatype.read_with_state(
@@ -557,11 +575,6 @@ async def standard_copy(datatype, max_objects, context, arguments):
     return responses
 
 
-def _state_or_null(arguments, name):
-    value = arguments.get(name)
-    if value is not None and not isinstance(value, str):
-        raise invalid_arguments(f"{name!r} must be null or a state string")
-    return value
 
 
 async def _copy_each(datatype, context, target, creates, originals, guard):
