@@ -97,6 +97,8 @@ class WriteBatchEncodingTests(TestCase):
     def test_reserved_table(self):
         """A batch cannot write the applied index or modseqs directly."""
         self.assertRaises(InvalidBatch, WriteBatch().insert, "node_state", key="x", value=1)
+        self.assertRaises(InvalidBatch, WriteBatch().insert, "raft_state", key="term", value=b"")
+        self.assertRaises(InvalidBatch, WriteBatch().delete, "raft_log", index=1)
         self.assertRaises(InvalidBatch, WriteBatch().update, "account_state", {"account_id": 1},
                           modseq=9)
 

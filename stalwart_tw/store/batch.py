@@ -41,8 +41,11 @@ _SCALARS = (type(None), bool, int, float, str, bytes)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-# Tables that only apply() itself writes; a batch may not name them.
-_RESERVED_TABLES = {"node_state", "account_state", "type_state", "changelog", "blobs"}
+# Tables that only apply() (or, for the Raft log, the log itself) writes; a
+# batch may not name them.
+_RESERVED_TABLES = {
+    "node_state", "account_state", "type_state", "changelog", "blobs", "raft_log", "raft_state",
+}
 
 
 def _check_table(name):

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -156,6 +157,30 @@ blob_temp = Table(
 Index("blob_temp_by_hash", blob_temp.c.blob_hash)
 Index("blob_temp_by_expiry", blob_temp.c.expires_at)
 
+# The Raft log after the snapshot, one row per entry. checksum is the BLAKE3
+# digest of index, term and data (see cluster/log.py), so a corrupt or torn
+# record is found at start-up instead of being replicated.
+raft_log = Table(
+    "raft_log",
+    metadata,
+    Column("index", BigInteger, primary_key=True, autoincrement=False),
+    Column("term", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("checksum", LargeBinary, nullable=False),
+)
+
+# The Raft state that must survive a restart besides the entries: term, vote,
+# and the index and term of the last entry folded into the snapshot. Values
+# are bytes (encoding in cluster/log.py; NULL is "no vote"), each row
+# checksummed like a log record.
+raft_state = Table(
+    "raft_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=True),
+    Column("checksum", LargeBinary, nullable=False),
+)
+
 __all__ = [
     "DIRECTORY_ACCOUNT",
     "account_state",
@@ -168,5 +193,7 @@ __all__ = [
     "principal_emails",
     "principal_members",
     "principals",
+    "raft_log",
+    "raft_state",
     "type_state",
 ]
