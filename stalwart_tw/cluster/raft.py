@@ -765,6 +765,10 @@ class RaftCore:
             raise NotLeader(self.leader)
         if self._pending_config():
             raise ValueError("a membership change is still being committed")
+        if self.term_at(self.commit_index) != self.term:
+            # Until an entry of its term commits, a new leader may not know
+            # of a change its predecessor committed (the single-server bug).
+            raise ValueError("the leader has not committed an entry of its term yet")
         voters, learners = set(self.config.voters), set(self.config.learners)
         if add_learner is not None:
             if add_learner in voters | learners:
