@@ -360,6 +360,40 @@ class RaftCore:
         spread = self._random.random() * self.election_timeout
         self._election_deadline = self.now + self.election_timeout + spread
 
+    def leader_suspected(self):
+        """
+        Gossip suspects the leader: campaign at the next tick rather than
+        after the election timeout. It is only a PreVote: the others still
+        refuse it while they hear from a leader.
+        """
+        if self.role == FOLLOWER and self._can_campaign():
+            self._election_deadline = self.now
+        return []
+
+    def compact(self, up_to_index):
+        """
+        Forget the entries up to C{up_to_index} (applied, and now in a
+        snapshot of the state machine); a peer that needs them gets a
+        L{SnapshotWanted}.
+        """
+        if up_to_index > self.applied_index:
+            raise ValueError(f"entry {up_to_index} is not applied yet")
+        if up_to_index <= self.snapshot_index:
+            return
+        self._base_config = self._config_at(up_to_index)
+        self.snapshot_term = self.term_at(up_to_index)
+        del self.entries[:up_to_index - self.snapshot_index]
+        self.snapshot_index = up_to_index
+
+    def _config_at(self, index):
+        config = self._base_config
+        for entry in self.entries:
+            if entry.index > index:
+                break
+            if entry.data[:1] == CONFIG_PREFIX:
+                config = Config.decode(entry.data)
+        return config
+
     # -- campaigning ----------------------------------------------------------
 
     def _start_pre_vote(self):
@@ -527,13 +561,26 @@ class RaftCore:
         @return: C{(index, actions)}.
         @raise NotLeader: not the leader, or handing leadership over.
         """
+        indexes, actions = self.propose_batch([data])
+        return indexes[0], actions
+
+    def propose_batch(self, datas):
+        """
+        Append several entries at once: one round of AppendEntries carries
+        them all (the node batches what arrives in one turn).
+
+        @return: C{(list of indexes, actions)}.
+        @raise NotLeader: not the leader, or handing leadership over.
+        """
         if self.role != LEADER or self._transfer_target is not None:
             raise NotLeader(self.leader if self.role != LEADER else None)
-        entry = Entry(self.term, self.last_index + 1, DATA_PREFIX + data)
-        actions = self._append_local([entry])
+        first = self.last_index + 1
+        entries = [Entry(self.term, first + n, DATA_PREFIX + data)
+                   for n, data in enumerate(datas)]
+        actions = self._append_local(entries)
         actions += self._maybe_commit()
         actions += self._broadcast_append()
-        return entry.index, actions
+        return [entry.index for entry in entries], actions
 
     def _broadcast_append(self):
         actions = []
