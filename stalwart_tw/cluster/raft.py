@@ -691,20 +691,29 @@ class RaftCore:
         return message.conflict_index
 
     def _maybe_commit(self):
+        candidate = self._quorum_match()
+        if (candidate is not None and candidate > self.commit_index
+                and self._commits_by_counting(candidate)):
+            self.commit_index = candidate
+            actions = self._apply_committed()
+            return actions + self._release_waiting_reads()
+        return []
+
+    def _quorum_match(self):
+        # The highest index a majority of voters holds (this node included
+        # when it votes), or None without enough voters known.
         matches = sorted(
             [self.last_index if peer == self.id else self.progress[peer].match_index
              for peer in self.config.voters if peer == self.id or peer in self.progress],
             reverse=True,
         )
         if len(matches) < self._quorum():
-            return []
-        candidate = matches[self._quorum() - 1]
+            return None
+        return matches[self._quorum() - 1]
+
+    def _commits_by_counting(self, index):
         # Only an entry of this term is committed by counting replicas.
-        if candidate > self.commit_index and self.term_at(candidate) == self.term:
-            self.commit_index = candidate
-            actions = self._apply_committed()
-            return actions + self._release_waiting_reads()
-        return []
+        return self.term_at(index) == self.term
 
     def _apply_committed(self):
         if self.applied_index >= self.commit_index:
