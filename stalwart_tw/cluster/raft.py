@@ -627,10 +627,12 @@ class RaftCore:
                     progress.stalled = 0
                     progress.state = PROBE
                     progress.in_flight = 0
-                    progress.next_index = progress.match_index + 1
+                    progress.next_index = max(progress.match_index, self.snapshot_index) + 1
                     actions += self._send_append(peer)
                     continue
-            prev_index = min(progress.match_index, self.last_index)
+            # Not behind the snapshot: a new leader knows no match yet, and
+            # a follower holding the snapshot's prefix answers from there.
+            prev_index = max(min(progress.match_index, self.last_index), self.snapshot_index)
             prev_term = self.term_at(prev_index)
             if prev_term is None:
                 actions.append(SnapshotWanted(peer, self.snapshot_index))
@@ -645,7 +647,7 @@ class RaftCore:
         active = {self.id} | {p for p, progress in self.progress.items() if progress.active}
         for progress in self.progress.values():
             progress.active = False
-        if len(active & self.config.voters) >= self._quorum() or not self.is_voter():
+        if len(active & self.config.voters) >= self._quorum():
             return []
         return self._become_follower(self.term, None)
 
@@ -696,7 +698,8 @@ class RaftCore:
                 and self._commits_by_counting(candidate)):
             self.commit_index = candidate
             actions = self._apply_committed()
-            return actions + self._release_waiting_reads()
+            actions += self._release_waiting_reads()
+            return actions + self._settle_config()
         return []
 
     def _quorum_match(self):
@@ -800,9 +803,21 @@ class RaftCore:
             for peer in self.config.voters | self.config.learners:
                 if peer != self.id and peer not in self.progress:
                     self.progress[peer] = Progress(next_index=self.last_index + 1)
-            for peer in list(self.progress):
-                if peer not in self.config.voters | self.config.learners:
-                    del self.progress[peer]
+            # A removed peer keeps its progress until the change commits, so
+            # it receives the entry that removes it.
+
+    def _settle_config(self):
+        # Once a change is committed: forget removed peers, and a leader
+        # that removed itself steps down (dissertation, section 4.2.2).
+        if self.role != LEADER or self._pending_config():
+            return []
+        members = self.config.voters | self.config.learners
+        for peer in list(self.progress):
+            if peer not in members:
+                del self.progress[peer]
+        if not self.is_voter():
+            return self._become_follower(self.term, None)
+        return []
 
     def _pending_config(self):
         return any(e.data[:1] == CONFIG_PREFIX and e.index > self.commit_index
