@@ -374,3 +374,55 @@ class InstallSnapshotTests(RaftLogTestMixin, TestCase):
         yield self.assertFailure(self.log.install_snapshot(1, 1, calls.append), ValueError)
         self.assertEqual(calls, [])
         self.assertEqual((yield self.log.load()).entries, make_entries(3, [3]))
+
+
+class CoreOnDurableLogTests(RaftLogTestMixin, TestCase):
+    """
+    The core's Persist actions, saved through the log before the messages
+    after them go out, rebuild the same core after a restart.
+    """
+
+    @inlineCallbacks
+    def test_core_survives_restart(self):
+        import random
+
+        from stalwart_tw.cluster.raft import Config, Persist, RaftCore, Send
+
+        config = Config(frozenset({"a", "b", "c"}))
+        cores = {i: RaftCore(i, config, random.Random(i), 1.0) for i in config.voters}
+
+        def carry_out(node_id, actions, saving):
+            sent = []
+            for action in actions:
+                if isinstance(action, Persist) and node_id == "a":
+                    saving.append(self.log.save(action.hard_state, action.append,
+                                                action.truncate_from))
+                elif isinstance(action, Send):
+                    sent.append(action.message)
+            return sent
+
+        @inlineCallbacks
+        def settle(node_id, actions):
+            queue = [(node_id, actions)]
+            while queue:
+                source, pending = queue.pop(0)
+                saving = []
+                messages = carry_out(source, pending, saving)
+                # Durable before anything that depends on it leaves.
+                for deferred in saving:
+                    yield deferred
+                for message in messages:
+                    queue.append((message.target, cores[message.target].step(message)))
+
+        yield settle("a", cores["a"].tick(5.0))
+        self.assertEqual(cores["a"].role, "leader")
+        for value in (b"one", b"two", b"three"):
+            yield settle("a", cores["a"].propose(value)[1])
+        before = cores["a"]
+        yield self.restart()
+        loaded = yield self.log.load()
+        again = RaftCore("a", config, random.Random("again"), 1.0, hard_state=loaded.hard_state,
+                         entries=loaded.entries)
+        self.assertEqual((again.term, again.vote), (before.term, before.vote))
+        self.assertEqual(again.entries, before.entries)
+        self.assertEqual([e.data for e in again.entries][1:], [b"Done", b"Dtwo", b"Dthree"])
