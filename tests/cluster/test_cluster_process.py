@@ -155,6 +155,14 @@ class ClusterProcessTests(TestCase):
         for node in survivors:
             peer = {p["id"]: p for p in (yield node.cluster())["peers"]}[victim.node_id]
             self.assertEqual((peer["state"], peer["generation"]), ("alive", 2))
+        # Stopped cleanly, it says goodbye: "left" at once, never suspected.
+        offsets = [len(node.child.output) for node in survivors]
+        victim.transport.signalProcess("TERM")
+        self.assertEqual((yield victim.child.ended), 0)
+        yield defer.gatherResults([
+            node.wait_for_peer(victim, r"is left \(was alive\)", offset)
+            for node, offset in zip(survivors, offsets)
+        ])
 
     @defer.inlineCallbacks
     def test_five_nodes_and_a_stranger(self):
