@@ -126,7 +126,8 @@ class ClusterProcessTests(TestCase):
         """
         Three nodes, one seed each, reach full membership; a node killed with
         SIGKILL is suspected then offline on the others within 6 s; started
-        again, it is alive everywhere, in its next generation.
+        again, it is alive everywhere, in its next generation; stopped with
+        SIGTERM, it has left.
         """
         nodes = yield self.start_cluster(3)
         yield self.assert_full_membership(nodes)
