@@ -140,19 +140,41 @@ def _member_count(text):
     return b"".join(text.split(b'"')[::2]).count(b":")
 
 
+# The exact reading. Integers are checked afterwards by orjson (in C) rather
+# than by a Python call per number; only a body that fails that check is
+# read again with the per-number check, whose error names the integer.
+_EXACT = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_refuse_constant,
+    parse_float=_number,
+)
+_EXACT_NAMING_INTEGERS = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_refuse_constant,
+    parse_float=_number,
+    parse_int=_integer,
+)
+
+
 def _decode_exactly(body):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise RequestError(NOT_JSON, f"the body is not UTF-8 (byte {error.start})") from None
+    document = _read(_EXACT, text)
     try:
-        document = json.loads(
-            text,
-            object_pairs_hook=_object_without_duplicates,
-            parse_constant=_refuse_constant,
-            parse_int=_integer,
-            parse_float=_number,
-        )
+        orjson.dumps(document, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        # An integer past 2**53 (or nesting deeper than orjson writes).
+        document = _read(_EXACT_NAMING_INTEGERS, text)
+    if "\\u" in text and _has_lone_surrogate(document):
+        raise RequestError(NOT_JSON, "not I-JSON: a string holds a lone surrogate")
+    return document
+
+
+def _read(decoder, text):
+    try:
+        return decoder.decode(text)
     except _DuplicateMember as error:
         raise RequestError(NOT_JSON, f"not I-JSON: {error}") from None
     except json.JSONDecodeError as error:
@@ -161,9 +183,6 @@ def _decode_exactly(body):
         ) from None
     except (ValueError, RecursionError) as error:
         raise RequestError(NOT_JSON, f"not JSON: {error}") from None
-    if "\\u" in text and _has_lone_surrogate(document):
-        raise RequestError(NOT_JSON, "not I-JSON: a string holds a lone surrogate")
-    return document
 
 
 def _has_lone_surrogate(value):
