@@ -23,6 +23,7 @@ Measures the pieces nodes of a cluster talk to each other with:
 Times of log lines are when this process reads them from the nodes' output.
 """
 
+import contextlib
 import os
 import re
 import socket
@@ -153,10 +154,9 @@ async def stop(node, process, seconds=15):
 
 
 def _kill(process):
-    try:
+    # Gone already is as good as killed.
+    with contextlib.suppress(error.ProcessExitedAlready):
         process.signalProcess("KILL")
-    except error.ProcessExitedAlready:
-        pass
 
 
 # -- 1 and 2: RPC round trips ----------------------------------------------------
