@@ -28,6 +28,7 @@ that drops UDP does not make a healthy node flap.
 
 import ipaddress
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,14 @@ NONCE_SIZE = 12
 KEY_CONTEXT = "stalwart-tw 2026-12-03 gossip packet sealing key"
 ASSOCIATED_DATA = b"stalwart-tw gossip v1"
 SAMPLE_MAX = 16
+# Counters stay far below 64 bits: epochs grow a few a second, and a node
+# that has reached the bound cannot have been pushed there honestly.
+COUNTER_MAX = 2**48
+# An epoch more than this ahead of the one known is not believed (at most
+# one per ping interval: 2**24 is years of pings).
+EPOCH_JUMP_MAX = 2**24
+# The most entries a member list over RPC may hold.
+MEMBER_LIST_MAX = 10_000
 LEFT = "left"
 # A silent peer with an RPC connection up is probed over it from this phi.
 PROBE_PHI = 3.0
@@ -133,7 +142,7 @@ class Summary:
         if not isinstance(raw_id, bytes) or len(raw_id) != 8:
             raise PacketRejected("malformed", "a peer id is not 8 bytes")
         for number in (generation, epoch, term, index):
-            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**63:
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < COUNTER_MAX:
                 raise PacketRejected("malformed", "a counter is not a non-negative integer")
         if not isinstance(host, str) or not 0 < len(host) <= 253:
             raise PacketRejected("malformed", "an address is not a host name")
@@ -166,7 +175,7 @@ def decode_packet(plain):
     if not isinstance(value, list) or len(value) != 4:
         raise PacketRejected("malformed", "a packet is not 4 items")
     kind, sender, sample, extra = value
-    if kind not in _KINDS:
+    if not isinstance(kind, int) or kind not in _KINDS:
         raise PacketRejected("malformed", f"unknown packet kind {kind!r}")
     if not isinstance(sample, list) or not isinstance(extra, dict):
         raise PacketRejected("malformed", "the sample or the extra part has the wrong type")
@@ -251,7 +260,7 @@ class Gossip(DatagramProtocol):
         self.term = 0
         self.index = 0
         self.members = {}
-        self.dropped = {"oversize": 0, "unopened": 0, "malformed": 0}
+        self.dropped = {"oversize": 0, "unopened": 0, "malformed": 0, "unsendable": 0}
         self._seal = PacketSeal(encryption_key)
         self._interval = ping_interval
         self._seeds = list(seeds)
@@ -324,6 +333,8 @@ class Gossip(DatagramProtocol):
         """
         Tell every member this node is going (a clean shutdown).
         """
+        # No ping may follow the goodbye and bring this node back to life.
+        self.stopProtocol()
         self.epoch += 1
         packet = self._packet(LEAVE, [])
         for member in self.members.values():
@@ -334,7 +345,7 @@ class Gossip(DatagramProtocol):
         self.epoch += 1
         if not self._joined:
             for host, port in self._seeds:
-                self._send_to_host(self._packet(JOIN, [], self._card()), host, port)
+                self._send(self._packet(JOIN, [], self._card()), (host, port))
         target = self._next_target()
         if target is not None:
             self._send(self._packet(PING, self._sample()), target.address)
@@ -391,14 +402,17 @@ class Gossip(DatagramProtocol):
         if kind == LEAVE:
             self._left(sender)
             return
+        known = self.members.get(sender.node_id)
+        fresh = known is None or sender.newer_than(known.generation, known.epoch)
         member = self._observe(sender, source=sender)
-        if member is not None and kind == JOIN:
-            member.jmap_url = extra.get("u") or member.jmap_url
-            member.role = extra.get("r") or member.role
+        if member is not None and kind == JOIN and fresh:
+            # A replayed old join must not bring back an old URL or role.
+            self._take_card(member, extra.get("u"), extra.get("r"))
         for item in sample:
             if item.node_id == self.node_id:
                 # Lamport: never behind an epoch of ours someone else saw.
-                if item.generation == self.generation and item.epoch > self.epoch:
+                if (item.generation == self.generation
+                        and self.epoch < item.epoch <= self.epoch + EPOCH_JUMP_MAX):
                     self.epoch = item.epoch
                 continue
             self._observe(item, source=sender)
@@ -415,6 +429,11 @@ class Gossip(DatagramProtocol):
             self._fetch_members(source)
             return member
         if not summary.newer_than(member.generation, member.epoch):
+            return member
+        if (summary.generation == member.generation
+                and summary.epoch > member.epoch + EPOCH_JUMP_MAX):
+            # Not a heartbeat anyone could have sent: it would freeze the
+            # member's entry. Ignored.
             return member
         restarted = summary.generation != member.generation
         member.generation, member.epoch = summary.generation, summary.epoch
@@ -490,25 +509,40 @@ class Gossip(DatagramProtocol):
                        why=failure.getErrorMessage())
 
     def _merge_members(self, listed):
-        if not isinstance(listed, list):
+        if not isinstance(listed, list) or len(listed) > MEMBER_LIST_MAX:
+            self.log.warn("cluster: a member list is not a list of at most {most} entries; "
+                          "ignored", most=MEMBER_LIST_MAX)
             return
+        malformed = 0
         for info in listed:
             try:
-                summary = Summary(info["id"], info["generation"], info["epoch"], 0, 0,
-                                  info["host"], info["port"])
-                Summary.decode(summary.encode())
-            except (KeyError, TypeError, ValueError, PacketRejected):
-                self.log.warn("cluster: a member list holds a malformed entry; ignored")
+                # Decoded as a packet's summary would be: the same checks, and
+                # the id in its one spelling.
+                if not _NODE_ID.fullmatch(info["id"]):
+                    raise ValueError("not a node id")
+                summary = Summary.decode([bytes.fromhex(info["id"]), info["generation"],
+                                          info["epoch"], 0, 0, info["host"], info["port"]])
+                if not is_ip(summary.host) and not _HOST_NAME.fullmatch(summary.host):
+                    raise ValueError("not a host name")
+            except (KeyError, TypeError, ValueError, AttributeError, PacketRejected):
+                malformed += 1
                 continue
             if summary.node_id == self.node_id:
                 continue
             member = self.members.get(summary.node_id)
             if member is None:
                 member = self._add_member(summary, self._clock.seconds())
-            if isinstance(info.get("jmapUrl"), str):
-                member.jmap_url = info["jmapUrl"]
-            if info.get("role") in ("voter", "replica"):
-                member.role = info["role"]
+            self._take_card(member, info.get("jmapUrl"), info.get("role"))
+        if malformed:
+            self.log.warn("cluster: a member list held {count} malformed entries; ignored",
+                          count=malformed)
+
+    @staticmethod
+    def _take_card(member, jmap_url, role):
+        if isinstance(jmap_url, str) and 0 < len(jmap_url) <= 2048:
+            member.jmap_url = jmap_url
+        if role in ("voter", "replica"):
+            member.role = role
 
     def _probe(self, member):
         if member.node_id in self._probing or self.rpc.state(member.address) != "connected":
@@ -549,18 +583,33 @@ class Gossip(DatagramProtocol):
                 for m in chosen]
 
     def _send(self, packet, address):
-        if self.transport is not None:
+        # A member may advertise a host name: resolved without blocking.
+        host, port = address
+        if not is_ip(host):
+            self._send_to_host(packet, host, port)
+            return
+        if self.transport is None:
+            return
+        try:
             self.transport.write(packet, address)
+        except Exception as error:
+            # An address this socket cannot reach (another IP family): the
+            # packet is lost, as UDP packets may be; gossip goes on.
+            self.dropped["unsendable"] += 1
+            self.log.debug("cluster: cannot send to {address}: {why}",
+                           address=_host_port(host, port), why=error)
 
     def _send_to_host(self, packet, host, port):
-        if is_ip(host):
-            self._send(packet, (host, port))
-            return
         resolving = self._clock.resolve(host)
-        resolving.addCallback(lambda ip: self._send(packet, (ip, port)))
+        resolving.addCallback(lambda ip: self._send(packet, (ip, port)) if is_ip(ip) else None)
         resolving.addErrback(lambda failure: self.log.warn(
-            "cluster: seed {host} does not resolve: {why}", host=host,
+            "cluster: {host} does not resolve: {why}", host=host,
             why=failure.getErrorMessage()))
+
+
+_NODE_ID = re.compile(r"[0-9a-f]{16}")
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 def _host_port(host, port):

@@ -294,6 +294,8 @@ class RpcProtocol(Protocol):
         self._serving = 0
         self._handshake_timer = None
         self._idle_timer = None
+        # Cuts the connection if a graceful close gets no answer.
+        self._close_timer = None
         self._ready_waiters = []
         self._closed_waiters = []
         # Who is at the other end; set once connected.
@@ -330,6 +332,8 @@ class RpcProtocol(Protocol):
 
     def connectionLost(self, reason) -> None:
         self._lost = True
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
         for timer in (self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -405,9 +409,17 @@ class RpcProtocol(Protocol):
         return deferred
 
     def close(self) -> None:
-        """Close gracefully; pending calls fail with L{RpcDisconnected}."""
+        """
+        Close gracefully; pending calls fail with L{RpcDisconnected}. A peer
+        that does not answer TLS's close within rpc-timeout is cut off, so
+        no silent peer can hold a shutdown open.
+        """
         self._closing = True
         self.transport.loseConnection()
+        if not self._lost and self._close_timer is None:
+            self._close_timer = self._clock.callLater(
+                self._settings.rpc_timeout / 1000.0, self.transport.abortConnection
+            )
 
     def abort(self, reason: str) -> None:
         """Close at once, logging C{reason} (once per connection)."""

@@ -29,7 +29,10 @@ SELF_SIGNED_CERT = "rpc.crt"
 SELF_SIGNED_KEY = "rpc.key"
 # Nothing renews a self-signed pair, so it must outlive the cluster.
 SELF_SIGNED_DAYS = 100 * 365
-MINIMUM_TLS = TLSVersion.TLSv1_2
+# TLS 1.3 only: its exporter is unique to the session, which the key
+# handshake's binding relies on (TLS 1.2 without extended master secret
+# lets a man in the middle give two sessions one master secret).
+MINIMUM_TLS = TLSVersion.TLSv1_3
 
 
 class RpcTls(NamedTuple):

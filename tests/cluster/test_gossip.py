@@ -7,6 +7,7 @@ test), so every schedule is exact and repeatable.
 
 import os
 
+import msgpack
 from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
@@ -101,6 +102,8 @@ class FakeRpc:
 class GossipTestCase(TestCase):
     def setUp(self):
         self.clock = task.Clock()
+        # Members that advertise host names are resolved (here, all to one address).
+        self.clock.resolve = lambda name: defer.succeed("127.0.0.9")
         self.network = Network(self.clock)
         self.transitions = []
 
@@ -308,3 +311,72 @@ class FailureTests(GossipTestCase):
         self.network.run(2)
         self.assertIn(late.node_id, seed.members)
         self.assertIn(seed.node_id, late.members)
+
+
+class HostileInputTests(GossipTestCase):
+    """
+    What a peer holding the key (or a recording of the network) might send
+    does not break gossip.
+    """
+
+    def test_unsendable_address_does_not_stop_gossip(self):
+        """A member at an address the socket refuses: the packet is lost, pinging goes on."""
+        a, b = self.cluster(2)
+
+        def refuse(packet, address):
+            raise ValueError("wrong address family")
+
+        a.transport.write = refuse
+        self.network.run(2)
+        self.assertTrue(a._loop.running)
+        self.assertGreater(a.dropped["unsendable"], 0)
+        a.leave()  # and a clean stop does not raise either
+
+    def test_member_list_checked(self):
+        """Entries of a member list over RPC: our own id in any spelling, bad hosts, too many."""
+        a = self.node(0)
+        good = {"id": "11" * 8, "host": "10.0.0.5", "port": 7911, "generation": 1, "epoch": 3,
+                "jmapUrl": "http://n5", "role": "voter"}
+        a._merge_members([
+            good,
+            dict(good, id=a.node_id.upper()),
+            dict(good, id="aa bb cc dd 00 11 22 33"),
+            dict(good, id="22" * 8, host="\x00\n<script>"),
+            dict(good, id="33" * 8, role="emperor", jmapUrl=7),
+        ])
+        self.assertEqual(sorted(a.members), ["11" * 8, "33" * 8])
+        self.assertEqual((a.members["33" * 8].role, a.members["33" * 8].jmap_url), (None, None))
+        a._merge_members([dict(good, id=f"{n:016x}") for n in range(10_001)])
+        self.assertEqual(len(a.members), 2)
+
+    def test_epoch_far_ahead_ignored(self):
+        """A sample claiming a member's epoch years ahead neither freezes it nor bumps ours."""
+        a, b = self.cluster(2)
+        member = a.members[b.node_id]
+        forged = Summary(b.node_id, member.generation, member.epoch + 2**40, 0, 0,
+                         member.host, member.port)
+        self_forged = Summary(a.node_id, a.generation, a.epoch + 2**40, 0, 0, *a.advertised)
+        a.datagramReceived(PacketSeal(KEY).seal(encode_packet(
+            PING, b.summary(), [forged, self_forged])), b.advertised)
+        self.assertLess(a.members[b.node_id].epoch, 2**40)
+        self.assertLess(a.epoch, 2**40)
+        self.network.run(2)
+        self.assertEqual(a.members[b.node_id].state, ALIVE)
+
+    def test_crafted_kind_is_malformed(self):
+        """A packet whose kind is a list is counted malformed, not a crash."""
+        a, b = self.cluster(2)
+        plain = msgpack.packb([[1], b.summary().encode(), [], {}], use_bin_type=True)
+        a.datagramReceived(PacketSeal(KEY).seal(plain), b.advertised)
+        self.assertEqual(a.dropped["malformed"], 1)
+
+    def test_replayed_join_keeps_new_card(self):
+        """An old join replayed does not bring back an old JMAP URL or role."""
+        a, b = self.cluster(2)
+        old_join = next(p for p, source, _ in self.network.captured
+                        if source == b.advertised
+                        and decode_packet(PacketSeal(KEY).open(p))[0] == JOIN)
+        a.members[b.node_id].jmap_url, a.members[b.node_id].role = "http://moved", "replica"
+        a.datagramReceived(old_join, b.advertised)
+        self.assertEqual((a.members[b.node_id].jmap_url, a.members[b.node_id].role),
+                         ("http://moved", "replica"))

@@ -337,6 +337,16 @@ class CorrelationTests(TestCase):
         self.assertEqual(self.successResultOf(first), "result a")
         self.assertEqual(self.successResultOf(second), "result b")
 
+    def test_close_unanswered_is_cut(self):
+        """A peer that never answers a graceful close is cut off after rpc-timeout."""
+        aborted = []
+        self.link.server_transport.abortConnection = lambda: aborted.append(True)
+        self.link.server.close()
+        self.link.clock.advance(self.link.settings.rpc_timeout / 1000.0 - 0.01)
+        self.assertEqual(aborted, [])
+        self.link.clock.advance(0.02)
+        self.assertEqual(aborted, [True])
+
     def test_remote_error(self):
         """A handler's RpcRemoteError reaches the caller with its name."""
         result = self.link.client.call("refuse", "thing")
