@@ -251,25 +251,37 @@ class Gossip(DatagramProtocol):
                  ping_interval, seeds=(), rpc=None, clock=None, wall_clock=time.time):
         if clock is None:
             from twisted.internet import reactor as clock
+        # Who this node is, as its packets say.
         self.node_id = node_id
         self.generation = generation
         self.advertised = advertised
         self.jmap_url = jmap_url
         self.role = role
+        # This node's Lamport clock: one more every round.
         self.epoch = 0
+        # The last Raft log term and index, for peers to compare.
         self.term = 0
         self.index = 0
+        # Peer id -> Member, every peer ever heard of (left ones included).
         self.members = {}
+        # Packets dropped, by reason.
         self.dropped = {"oversize": 0, "unopened": 0, "malformed": 0, "unsendable": 0}
         self._seal = PacketSeal(encryption_key)
+        # Seconds between rounds (peer-ping-interval).
         self._interval = ping_interval
+        # (host, port) of seed-nodes, asked to join until anyone answers.
         self._seeds = list(seeds)
+        # The RPC client, for member lists and probes (None: no RPC).
         self.rpc = rpc
         self._clock = clock
         self._wall_clock = wall_clock
+        # Heard from any member: no more join packets.
         self._joined = not self._seeds
+        # Peer ids still to ping in this turn, popped from the end.
         self._turn = []
+        # Where the next rotating sample starts in the sorted members.
         self._sample_offset = 0
+        # Peer ids with a member-list fetch or a probe in progress.
         self._fetching = set()
         self._probing = set()
         self._listeners = []

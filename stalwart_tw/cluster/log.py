@@ -305,19 +305,24 @@ def _load(connection):
 
 
 def _check_sequence(entries, snapshot_index, snapshot_term):
-    previous_index, previous_term = snapshot_index, snapshot_term
-    for entry in entries:
+    fault = _sequence_fault(entries, snapshot_index, snapshot_term)
+    if fault is not None:
+        entry, previous_index, previous_term = fault
         if entry.index != previous_index + 1:
-            raise LogCorrupted(
-                f"Raft log record {entry.index} follows record {previous_index}: "
-                f"entries are missing"
-            )
-        if entry.term < previous_term:
-            raise LogCorrupted(
-                f"Raft log record {entry.index} has term {entry.term}, below the "
-                f"term {previous_term} before it"
-            )
+            raise LogCorrupted(f"Raft log record {entry.index} follows record "
+                               f"{previous_index}: entries are missing")
+        raise LogCorrupted(f"Raft log record {entry.index} has term {entry.term}, below the "
+                           f"term {previous_term} before it")
+
+
+def _sequence_fault(entries, previous_index, previous_term):
+    # Entries must follow one another, with terms that never go down: the
+    # first entry that does not, and the index and term before it.
+    for entry in entries:
+        if entry.index != previous_index + 1 or entry.term < previous_term:
+            return entry, previous_index, previous_term
         previous_index, previous_term = entry.index, entry.term
+    return None
 
 
 def _save(connection, hard_state, append, truncate_from):
@@ -362,18 +367,15 @@ def _save(connection, hard_state, append, truncate_from):
 
 
 def _check_append(append, last_index, last_term):
-    previous_index, previous_term = last_index, last_term
-    for entry in append:
+    fault = _sequence_fault(append, last_index, last_term)
+    if fault is not None:
+        entry, previous_index, previous_term = fault
         if entry.index != previous_index + 1:
             raise ValueError(
                 f"entry {entry.index} does not follow the log, which ends at {previous_index}"
             )
-        if entry.term < previous_term:
-            raise ValueError(
-                f"entry {entry.index} has term {entry.term}, below the term "
-                f"{previous_term} before it"
-            )
-        previous_index, previous_term = entry.index, entry.term
+        raise ValueError(f"entry {entry.index} has term {entry.term}, below the term "
+                         f"{previous_term} before it")
 
 
 def _check_hard_state(new, old):

@@ -534,11 +534,11 @@ class Directory:
         """
         if not isinstance(login, str) or not isinstance(password, str) or not password:
             return None
-        cached = self.recently_verified(login, password)
-        if cached is not None:
-            return cached
         login = login.lower()
         key = (login, self._digest(password))
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         generation = self._cache_generation
         principal, secret_hash = yield self._store.read(_load_credentials, login)
         verified = yield self._in_thread(self._verify, secret_hash, password)

@@ -36,7 +36,7 @@ from stalwart_tw.cluster.rpc import (
     tls_exporter,
 )
 from stalwart_tw.cluster.tls import generate_self_signed, rpc_tls
-from stalwart_tw.config import load_settings
+from tests.support import node_settings
 
 KEY = "the cluster's encryption key"
 OTHER_KEY = b"another cluster's key"
@@ -46,10 +46,8 @@ PEER = ("10.0.0.2", 7911)
 
 
 def rpc_settings(test, **overrides):
-    """Settings with short RPC timeouts (ms) and a fresh data folder."""
+    """A test node's settings with short RPC timeouts (ms)."""
     values = {
-        "db-path": os.path.abspath(test.mktemp()),
-        "jmap-port": "0",
         "rpc-port": "0",
         "rpc-bind-addr": "127.0.0.1",
         "rpc-timeout": "500",
@@ -58,7 +56,7 @@ def rpc_settings(test, **overrides):
         "rpc-backoff-max": "300",
     }
     values.update({name.replace("_", "-"): value for name, value in overrides.items()})
-    return load_settings(None, values, {})
+    return node_settings(test, **values)
 
 
 def capture_warnings(test):
