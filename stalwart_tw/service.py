@@ -11,6 +11,10 @@ web server answers 503 until then.
 Shutting down goes the other way: stop accepting connections, let every
 batch already handed to the writer thread finish, then close the store. So a
 SIGTERM never loses a write the server has acknowledged.
+
+The parts form one L{SequentialService} tree, started in this order and
+stopped in the reverse: worker threads, store, node, blob store, the admin
+principal, the ready flag, the listening ports (JMAP, cluster, admin shell).
 """
 
 import ipaddress
@@ -29,6 +33,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from stalwart_tw.config import SETTINGS, ConfigError, load_settings
+from stalwart_tw.lifecycle import SequentialService
 from stalwart_tw.logs import Logger, set_level
 from stalwart_tw.store.engine import check_database
 from stalwart_tw.store.errors import StoreError
@@ -154,35 +159,129 @@ def _exit_failed():
     os._exit(1)
 
 
-class NodeService(Service):
+def core_extension(node):
+    """
+    @return: the core capability of a L{NodeService}'s JMAP server.
+    """
+    from stalwart_tw.jmap.core import CoreExtension
+
+    return CoreExtension(node.blob_access)
+
+
+def principals_extension(node):
+    """
+    @return: the principals capability of a L{NodeService}'s JMAP server.
+    """
+    from stalwart_tw.jmap.principal import PrincipalsExtension
+
+    return PrincipalsExtension(node.directory, node.store, node.writer, node.settings)
+
+
+# What the JMAP server of a node is made of, in Session order: each is
+# called with the NodeService (its store, writer, directory, settings...)
+# and returns an Extension.
+EXTENSIONS = (core_extension, principals_extension)
+
+
+class _Call(Service):
+    """
+    A part of the tree made of two calls: C{start()} and C{stop()}, each
+    may return a Deferred (C{None} for nothing to do).
+    """
+
+    def __init__(self, name, start=None, stop=None):
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    def startService(self):
+        super().startService()
+        if self._start is not None:
+            return self._start()
+        return None
+
+    def stopService(self):
+        super().stopService()
+        if self._stop is not None:
+            return self._stop()
+        return None
+
+
+class NodeService(SequentialService):
     """
     Everything one node runs: store, node, blob store, directory, the web
     server and the admin shell.
+
+    @param extensions: the factories of the JMAP server's extensions
+        (L{EXTENSIONS} by default), each called with this service.
     """
 
     log = Logger()
 
-    def __init__(self, settings, reactor=None):
+    def __init__(self, settings, reactor=None, extensions=EXTENSIONS):
+        super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._extensions = tuple(extensions)
         self.settings = settings
         self.ready = False
         self.ports = {}
         self.identity = None
         self.cluster = None
         self._started_at = None
-        self._starting = None
+        # The start of the tree, failures logged: fires once the node is
+        # ready or has given up.
+        self.opened = None
         self._build_components()
+        self._build_tree()
+
+    def _build_tree(self):
+        for part in (
+            _Call("workers", self.workers.start, self._stop_workers),
+            _Call("store", self.store.open, self.store.close),
+            self.node,
+            self.blobs,
+            _Call("admin", self._ensure_admin),
+            _Call("ready", self._now_ready, self._not_ready),
+            _Call("ports", stop=self._close_ports),
+        ):
+            part.setServiceParent(self)
+
+    def _stop_workers(self):
+        if self.workers.started:
+            self.workers.stop()
+
+    def _ensure_admin(self):
+        return self.directory.ensure_admin(self.settings.admin_secret)
+
+    def _now_ready(self):
+        self.ready = True
+        self.log.info("node ready, data in {path}", path=os.path.abspath(self.settings.db_path))
+
+    def _not_ready(self):
+        self.ready = False
+
+    def _close_ports(self):
+        return ensureDeferred(self._close_ports_in_order())
+
+    async def _close_ports_in_order(self):
+        if self.cluster is not None:
+            # Before the JMAP port closes: peers hear "leave" at once.
+            await self.cluster.stop()
+        await self._stop_listening()
 
     def _build_components(self):
         # Imported here so that `twistd --help` stays quick.
         from stalwart_tw.cluster.node import LocalNode
         from stalwart_tw.http.app import JmapHttp
+        from stalwart_tw.jmap.core import BlobAccess
         from stalwart_tw.jmap.push import StateChangeBus
+        from stalwart_tw.jmap.server import JmapServer
         from stalwart_tw.store.blobs import BlobStore
         from stalwart_tw.store.directory import Directory
         from stalwart_tw.store.engine import Store
+        from stalwart_tw.writer import AccountWriter
 
         settings, data = self.settings, self.settings.db_path
         # Argon2 and blob file I/O run here, never on the reactor thread.
@@ -191,46 +290,59 @@ class NodeService(Service):
             os.path.join(data, "idx"), settings.worker_pool_size, reactor=self._reactor
         )
         self.node = LocalNode(self.store)
+        self.writer = AccountWriter(self.store, self.node)
         self.blobs = BlobStore(
             os.path.join(data, "blobs"),
             settings.blob_nested_levels,
             settings.blob_temp_ttl,
             self.store,
-            self.node,
+            self.writer,
             clock=self._reactor,
             threadpool=self.workers,
             reactor=self._reactor,
         )
         self.directory = Directory(
             self.store,
-            self.node,
+            self.writer,
             clock=self._reactor,
             hash_threadpool=self.workers,
             reactor=self._reactor,
         )
+        # The reactor is the blob store's clock too, so copies expire on the
+        # same clock as uploads.
+        self.blob_access = BlobAccess(
+            self.blobs, self.store, self.writer, self._reactor, settings.max_objects_in_set
+        )
         # Every applied batch tells the bus which states moved, for push.
         self.bus = StateChangeBus()
-        self.node.add_listener(self.bus.publish)
+        self.writer.add_listener(self.bus.publish)
+        self.jmap = JmapServer(
+            settings,
+            self.directory,
+            [extension(self) for extension in self._extensions],
+            bus=self.bus,
+            blobs=self.blob_access,
+        )
+        self.writer.add_listener(self.jmap.on_applied)
         self.http = JmapHttp(
+            self.jmap,
             self.directory,
             settings,
             lambda: self.ready,
             threadpool=self.workers,
             reactor=self._reactor,
-            blobs=self.blobs,
-            store=self.store,
-            node=self.node,
-            bus=self.bus,
             cluster=self.describe_cluster,
         )
 
     # Before the reactor runs.
 
     def privilegedStartService(self):
-        super().privilegedStartService()
+        # The ports are bound here, not by a child: a port in use must stop
+        # start-up before any part opens.
         try:
             self._prepare_data_folder()
             self._listen()
+            super().privilegedStartService()
         except StartupError as error:
             self.log.critical("{message}", message=str(error))
             self._stop_listening()
@@ -363,19 +475,10 @@ class NodeService(Service):
     def startService(self):
         if not self.ports:
             self.privilegedStartService()
-        super().startService()
         self._started_at = time.monotonic()
-        self._starting = ensureDeferred(self._open_data())
-        self._starting.addErrback(self._start_failed)
-
-    async def _open_data(self):
-        self.workers.start()
-        await self.store.open()
-        await self.node.startService()
-        await self.blobs.startService()
-        await self.directory.ensure_admin(self.settings.admin_secret)
-        self.ready = True
-        self.log.info("node ready, data in {path}", path=os.path.abspath(self.settings.db_path))
+        super().startService()
+        self.opened = self.started
+        self.opened.addErrback(self._start_failed)
 
     def _start_failed(self, failure):
         self.log.critical(
@@ -389,24 +492,10 @@ class NodeService(Service):
             self._reactor.stop()
 
     def stopService(self):
-        super().stopService()
-        return ensureDeferred(self._shut_down())
+        stopped = super().stopService()
+        return stopped.addCallback(self._stopped)
 
-    async def _shut_down(self):
-        if self.cluster is not None:
-            # Before the JMAP port closes: peers hear "leave" at once.
-            await self.cluster.stop()
-        await self._stop_listening()
-        if self._starting is not None:
-            await self._starting
-        self.ready = False
-        if self.node.running:
-            await self.node.stopService()
-        if self.blobs.running:
-            await self.blobs.stopService()
-        await self.store.close()
-        if self.workers.started:
-            self.workers.stop()
+    def _stopped(self, _):
         self.log.info("node stopped")
         # twistd re-raises SIGTERM once the reactor stops, so the process
         # would report death by signal after a clean stop (and lose buffered

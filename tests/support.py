@@ -67,7 +67,7 @@ class NodeServiceMixin:
         service.privilegedStartService()
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
-        yield service._starting
+        yield service.opened
         self.assertTrue(service.ready)
         return service
 

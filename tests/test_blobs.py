@@ -20,6 +20,7 @@ from stalwart_tw.store import schema
 from stalwart_tw.store.batch import WriteBatch
 from stalwart_tw.store.blobs import BlobStore, purge_interval
 from stalwart_tw.store.errors import BlobMissing
+from stalwart_tw.writer import AccountWriter
 from tests.support import open_store_and_node
 
 TTL = 3600
@@ -76,7 +77,7 @@ class _BlobFixture:
             self.nested_levels if nested_levels is None else nested_levels,
             TTL,
             self.store,
-            self.node,
+            AccountWriter(self.store, self.node),
             clock=self.clock,
             **kwargs,
         )

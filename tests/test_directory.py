@@ -23,6 +23,7 @@ from stalwart_tw.store.directory import (
 )
 from stalwart_tw.store.errors import BatchConflict
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
+from stalwart_tw.writer import AccountWriter
 from tests.support import open_store_and_node
 
 
@@ -86,7 +87,10 @@ class DirectoryTestCase(unittest.TestCase):
         self.directory = self.make_directory(self.node)
 
     def make_directory(self, node):
-        return Directory(self.store, node, clock=self.clock, password_hasher=self.hasher)
+        return Directory(
+            self.store, AccountWriter(self.store, node), clock=self.clock,
+            password_hasher=self.hasher,
+        )
 
     def modseq(self):
         return self.store.read(account_modseq, DIRECTORY_ACCOUNT)

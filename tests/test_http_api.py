@@ -12,6 +12,8 @@ from twisted.trial.unittest import TestCase
 
 from stalwart_tw.config import load_settings
 from stalwart_tw.http.app import JmapHttp
+from stalwart_tw.jmap.core import CoreExtension
+from stalwart_tw.jmap.server import JmapServer
 from stalwart_tw.jmap.ids import decode_id, encode_id
 from stalwart_tw.jmap.session import account_id
 from tests.test_service import FakeDirectory, Principal
@@ -26,7 +28,8 @@ class ApiTestCase(TestCase):
         settings = load_settings(
             None, {"jmap-url": "https://mail.example.org", "max-size-request": "2000"}, {}
         )
-        self.http = JmapHttp(self.directory, settings, lambda: True)
+        self.server = JmapServer(settings, self.directory, [CoreExtension()])
+        self.http = JmapHttp(self.server, self.directory, settings, lambda: True)
         self.treq = StubTreq(self.http.resource())
 
     @defer.inlineCallbacks
@@ -185,7 +188,7 @@ class ConcurrencyTests(ApiTestCase):
             gates.append(defer.Deferred())
             return gates[-1].addCallback(lambda _: arguments)
 
-        self.http.methods.register("Test/wait", CORE, wait)
+        self.server.methods.register("Test/wait", CORE, wait)
         waiting = [
             self.post({"using": [CORE], "methodCalls": [["Test/wait", {"n": n}, "c"]]})
             for n in range(4)

@@ -34,7 +34,8 @@ class JmapcTests(NodeServiceMixin, TestCase):
             "jmap-cert-path": cert_path, "jmap-key-path": key_path}))
         port = service.ports["JMAP"].getHost().port
         # The Session's URLs must lead the client back to this node.
-        service.http._settings = service.settings.replace(jmap_url=f"https://localhost:{port}")
+        served = service.settings.replace(jmap_url=f"https://localhost:{port}")
+        service.http._settings = service.jmap.sessions._settings = served
         self.host = f"localhost:{port}"
         self.admin = yield service.directory.get("admin")
 

@@ -2,8 +2,8 @@
 Tests of the standard /copy method (RFC 8620 section 5.4).
 
 No data type of the server has /copy yet (Email/copy will be the first),
-so these run standard_copy over a small in-memory type that keeps its
-objects and states per account the way a stored type does.
+so these run standard_copy over the notes type of the tests
+(L{tests.notes}), stored like any type, committed through the writer.
 """
 
 from twisted.internet import defer
@@ -12,73 +12,50 @@ from twisted.trial.unittest import TestCase
 from stalwart_tw.jmap.dispatch import CallContext
 from stalwart_tw.jmap.errors import MethodError
 from stalwart_tw.jmap.session import account_id
-from stalwart_tw.jmap.standard import SetError, WritableType, standard_copy
-from stalwart_tw.store.changes import Changes, encode_state
-from stalwart_tw.store.errors import StateChanged
+from stalwart_tw.jmap.standard import standard_copy
+from stalwart_tw.store.batch import WriteBatch
+from stalwart_tw.store.changes import encode_state
+from stalwart_tw.writer import AccountWriter
+from tests.notes import NOTE, Notes, notes_table
+from tests.support import open_store_and_node
 
 HOME, TEAM, READ_ONLY = 1, 2, 3
 
 
-class Notes(WritableType):
-    """Notes ({id, title, body}) by account; a modseq per account."""
+def notes_of(connection, account):
+    rows = connection.execute(notes_table.select().where(notes_table.c.account_id == account))
+    return {row.id: {"id": row.id, "title": row.title, "body": row.body} for row in rows}
 
-    name = "Note"
-    properties = frozenset({"id", "title", "body"})
 
-    def __init__(self):
-        self.objects = {HOME: {}, TEAM: {}, READ_ONLY: {}}
-        self.modseqs = dict.fromkeys(self.objects, 1)
-        self._next = 100
-
-    def supports_account(self, account):
-        return account != READ_ONLY
-
-    async def read(self, context, account, ids):
-        found = self.objects[account]
-        wanted = found if ids is None else ids
-        return {i: dict(found[i]) for i in wanted if i in found}
-
-    async def modseq(self, context, account):
-        return self.modseqs[account]
-
-    async def changes(self, context, account, since_modseq, max_changes):
-        return Changes([], [], [], self.modseqs[account], False)
-
-    def _write(self, account, guard):
-        if guard.modseq is not None and guard.modseq != self.modseqs[account]:
-            raise StateChanged("moved")
-        self.modseqs[account] += 1
-        guard.passed()
-
-    async def create(self, context, account, properties, guard):
-        if not isinstance(properties.get("title"), str):
-            raise SetError("invalidProperties", "title is required", ["title"])
-        self._write(account, guard)
-        self._next += 1
-        new_id = f"n{self._next}"
-        self.objects[account][new_id] = {**properties, "id": new_id}
-        return {"id": new_id}
-
-    async def update(self, context, account, object_id, current, patched, guard):
-        self._write(account, guard)
-        self.objects[account][object_id] = patched
-
-    async def destroy(self, context, account, object_id, guard):
-        self._write(account, guard)
-        del self.objects[account][object_id]
+def seed(account, *notes):
+    batch = WriteBatch()
+    for note in notes:
+        batch.insert("test_notes", account_id=account, **note)
+        batch.log_change(account, NOTE, note["id"], "created")
+    return batch
 
 
 class CopyTests(TestCase):
+    @defer.inlineCallbacks
     def setUp(self):
-        self.notes = Notes()
-        self.notes.objects[HOME]["a"] = {"id": "a", "title": "shopping", "body": "milk"}
-        self.notes.objects[HOME]["b"] = {"id": "b", "title": "todo", "body": "call"}
+        self.store, self.node = yield open_store_and_node(self)
+        self.writer = AccountWriter(self.store, self.node)
+        self.notes = Notes(self.store, without_notes={READ_ONLY})
+        yield self.node.commit(seed(
+            HOME, {"id": "a", "title": "shopping", "body": "milk"},
+            {"id": "b", "title": "todo", "body": "call"},
+        ))
         self.context = CallContext(None, ("urn:test",), {}, (HOME, TEAM, READ_ONLY))
+
+    def objects(self, account):
+        return self.store.read(notes_of, account)
 
     def copy(self, create, **arguments):
         arguments = {"fromAccountId": account_id(HOME), "accountId": account_id(TEAM),
                      "create": create, **arguments}
-        return defer.ensureDeferred(standard_copy(self.notes, 10, self.context, arguments))
+        return defer.ensureDeferred(
+            standard_copy(self.notes, self.writer, 10, self.context, arguments)
+        )
 
     @defer.inlineCallbacks
     def failure(self, create, **arguments):
@@ -94,12 +71,13 @@ class CopyTests(TestCase):
         self.assertIsNone(response["notCreated"])
         new_a = response["created"]["k1"]["id"]
         self.assertNotEqual(new_a, "a")
-        self.assertEqual(self.notes.objects[TEAM][new_a],
+        self.assertEqual((yield self.objects(TEAM))[new_a],
                          {"id": new_a, "title": "groceries", "body": "milk"})
         self.assertEqual(self.context.created_ids["k1"], new_a)
+        # Both copies are one batch: the state moves once.
         self.assertEqual((response["oldState"], response["newState"]),
-                         (encode_state(1), encode_state(3)))
-        self.assertIn("a", self.notes.objects[HOME])
+                         (encode_state(0), encode_state(1)))
+        self.assertIn("a", (yield self.objects(HOME)))
 
     @defer.inlineCallbacks
     def test_each_copy_on_its_own(self):
@@ -120,7 +98,7 @@ class CopyTests(TestCase):
         self.assertEqual(list(copied["created"]), ["k1"])
         self.assertEqual(destroyed["accountId"], account_id(HOME))
         self.assertEqual(destroyed["destroyed"], ["a"])
-        self.assertNotIn("a", self.notes.objects[HOME])
+        self.assertNotIn("a", (yield self.objects(HOME)))
 
     @defer.inlineCallbacks
     def test_destroy_from_if_in_state(self):
@@ -130,7 +108,7 @@ class CopyTests(TestCase):
         (_, copied), (name, error) = responses
         self.assertEqual(list(copied["created"]), ["k1"])
         self.assertEqual((name, error["type"]), ("error", "stateMismatch"))
-        self.assertIn("a", self.notes.objects[HOME])
+        self.assertIn("a", (yield self.objects(HOME)))
 
     @defer.inlineCallbacks
     def test_states(self):
@@ -139,25 +117,27 @@ class CopyTests(TestCase):
         self.assertEqual(error["type"], "stateMismatch")
         error = yield self.failure({"k": {"id": "a"}}, ifInState="ff")
         self.assertEqual(error["type"], "stateMismatch")
-        self.assertEqual(self.notes.objects[TEAM], {})
+        self.assertEqual((yield self.objects(TEAM)), {})
         response = yield self.copy(
-            {"k": {"id": "a"}}, ifFromInState=encode_state(1), ifInState=encode_state(1))
+            {"k": {"id": "a"}}, ifFromInState=encode_state(1), ifInState=encode_state(0))
         self.assertEqual(list(response["created"]), ["k"])
 
     @defer.inlineCallbacks
-    def test_if_in_state_until_the_first_copy(self):
-        """A write to the target between the check and the first copy is a stateMismatch."""
-        real_modseq = self.notes.modseq
+    def test_if_in_state_until_the_commit(self):
+        """A write to the target between the check and the commit is a stateMismatch."""
+        real_commit = self.node.commit
 
-        async def checked_then_moved(context, account):
-            modseq = await real_modseq(context, account)
-            self.notes.modseqs[TEAM] += 1
-            return modseq
+        @defer.inlineCallbacks
+        def a_rival_commits_first(batch):
+            self.node.commit = real_commit
+            yield real_commit(seed(TEAM, {"id": "r", "title": "rival"}))
+            result = yield real_commit(batch)
+            return result
 
-        self.notes.modseq = checked_then_moved
-        error = yield self.failure({"k": {"id": "a"}}, ifInState=encode_state(1))
+        self.node.commit = a_rival_commits_first
+        error = yield self.failure({"k": {"id": "a"}}, ifInState=encode_state(0))
         self.assertEqual(error["type"], "stateMismatch")
-        self.assertEqual(self.notes.objects[TEAM], {})
+        self.assertEqual(list((yield self.objects(TEAM))), ["r"])
 
     @defer.inlineCallbacks
     def test_accounts(self):
@@ -195,8 +175,11 @@ class CopyTests(TestCase):
         from stalwart_tw.jmap.request import Invocation, Request
 
         registry = MethodRegistry()
-        registry.register("Note/copy", "urn:test",
-                          lambda context, arguments: standard_copy(self.notes, 10, context, arguments))
+        registry.register(
+            "Note/copy", "urn:test",
+            lambda context, arguments: standard_copy(
+                self.notes, self.writer, 10, context, arguments),
+        )
         arguments = {"fromAccountId": account_id(HOME), "accountId": account_id(TEAM),
                      "create": {"k": {"id": "a"}}, "onSuccessDestroyOriginal": True}
         request = Request(("urn:test",), [Invocation("Note/copy", arguments, "c0")], {})
@@ -207,26 +190,22 @@ class CopyTests(TestCase):
         self.assertEqual(list(document["createdIds"]), ["k"])
 
     @defer.inlineCallbacks
-    def test_partial_failure(self):
-        """An unforeseen failure after a copy committed is serverPartialFail, and logged."""
-        real_create = self.notes.create
+    def test_all_or_nothing(self):
+        """An unforeseen failure while building the second copy commits neither."""
+        real_create = self.notes.build_create
         calls = []
 
-        async def second_one_breaks(context, account, properties, guard):
+        def second_one_breaks(draft, call, creation_id, properties):
             calls.append(properties)
             if len(calls) == 2:
                 raise RuntimeError("disk on fire")
-            return await real_create(context, account, properties, guard)
+            return real_create(draft, call, creation_id, properties)
 
-        self.notes.create = second_one_breaks
-        error = yield self.failure({"k1": {"id": "a"}, "k2": {"id": "b"}})
-        self.assertEqual(error["type"], "serverPartialFail")
-        self.assertEqual(len(self.notes.objects[TEAM]), 1)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        # Before any write, the same failure is the caller's serverFail.
-        calls.clear()
-        calls.append(None)
-        yield self.assertFailure(self.copy({"k": {"id": "a"}}), RuntimeError)
+        self.notes.build_create = second_one_breaks
+        index = self.node.applied_index
+        yield self.assertFailure(self.copy({"k1": {"id": "a"}, "k2": {"id": "b"}}), RuntimeError)
+        self.assertEqual((yield self.objects(TEAM)), {})
+        self.assertEqual(self.node.applied_index, index)
 
     @defer.inlineCallbacks
     def test_read_only_accounts(self):
@@ -243,4 +222,4 @@ class CopyTests(TestCase):
             {"k": {"id": "a"}}, onSuccessDestroyOriginal=True)
         self.assertEqual(list(copied["created"]), ["k"])
         self.assertEqual((name, error["type"]), ("error", "accountReadOnly"))
-        self.assertIn("a", self.notes.objects[HOME])
+        self.assertIn("a", (yield self.objects(HOME)))

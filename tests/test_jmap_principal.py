@@ -5,12 +5,20 @@ Principal/get and Principal/changes over real HTTP: the standard /get and
 
 import json
 from base64 import b64encode
+from dataclasses import replace
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.principal import principal_id, principal_number
 from stalwart_tw.jmap.session import account_id
+from stalwart_tw.store.principal_changes import (
+    _build_create,
+    _new_principal,
+    plan_directory_change,
+)
+from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
+from stalwart_tw.writer import _build as writer_build
 from tests.support import NodeServiceMixin
 
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:principals"]
@@ -386,24 +394,33 @@ class PrincipalSetTests(PrincipalTestCase):
         self.assertIsNone((yield self.service.directory.get("carol")))
 
     @defer.inlineCallbacks
-    def test_if_in_state_holds_until_the_first_write(self):
+    def test_if_in_state_holds_until_the_commit(self):
         """
         A write that lands between the ifInState check and the /set's
-        first write makes the /set a stateMismatch with nothing written;
-        with no rival, every change of the /set applies.
+        commit (another node's, past this node's lock) makes the /set a
+        stateMismatch with nothing written; with no rival, every change of
+        the /set applies.
         """
         account = account_id(self.admin.id)
         _, got, _ = yield self.one(self.as_admin, "Principal/get", {"accountId": account, "ids": []})
-        principals = self.service.http._principals
-        real_modseq = principals.modseq
+        node, store = self.service.node, self.service.store
+        real_commit = node.commit
+        rival = replace(
+            _new_principal("individual", "rival", None, None, None, (), (), 0, None),
+            created_at=1,
+        )
 
-        async def modseq_then_a_rival_write(context, account):
-            modseq = await real_modseq(context, account)
-            del principals.modseq
-            await self.service.directory.create_principal("individual", "rival")
-            return modseq
+        @defer.inlineCallbacks
+        def a_rival_commits_first(batch):
+            node.commit = real_commit
+            rival_batch, _ = yield store.read(
+                writer_build, DIRECTORY_ACCOUNT, plan_directory_change, (_build_create, (rival,))
+            )
+            yield real_commit(rival_batch)
+            result = yield real_commit(batch)
+            return result
 
-        principals.modseq = modseq_then_a_rival_write
+        node.commit = a_rival_commits_first
         two = {"k1": {"type": "individual", "name": "carol"},
                "k2": {"type": "individual", "name": "dave"}}
         _, result, _ = yield self.set_call({"ifInState": got["state"], "create": two})

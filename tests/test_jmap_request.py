@@ -9,7 +9,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.core import register_core
-from stalwart_tw.jmap.dispatch import CORE_CAPABILITY, MethodRegistry, run_request
+from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
+from stalwart_tw.jmap.session import CORE_CAPABILITY
 from stalwart_tw.jmap.errors import MethodError, RequestError
 from stalwart_tw.jmap.request import (
     Invocation,
@@ -292,7 +293,7 @@ class RunRequestTests(TestCase):
     @defer.inlineCallbacks
     def test_shutting_down_is_server_unavailable(self):
         """A write refused because the node is stopping is serverUnavailable, not logged as a bug."""
-        from stalwart_tw.cluster.node import NodeStopping
+        from stalwart_tw.store.errors import NodeStopping
 
         async def writes(context, arguments):
             raise NodeStopping("the node is shutting down")

@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from stalwart_tw.admin.manhole import BANNER, Text, manhole_factory, render
 from stalwart_tw.store.directory import Directory, Principal
+from stalwart_tw.writer import AccountWriter
 from tests.support import cheap_hasher, open_store_and_node
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40123)
@@ -81,7 +82,8 @@ class ManholeTestCase(unittest.TestCase):
     def setUp(self):
         self.store, self.node = yield open_store_and_node(self)
         self.directory = Directory(
-            self.store, self.node, clock=task.Clock(), password_hasher=cheap_hasher()
+            self.store, AccountWriter(self.store, self.node), clock=task.Clock(),
+            password_hasher=cheap_hasher(),
         )
         yield self.directory.ensure_admin(ADMIN_PASSWORD)
         self.status = {"data_path": "/srv/stalwart", "database_bytes": 4096,

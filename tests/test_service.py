@@ -20,6 +20,8 @@ from zope.interface import implementer
 from stalwart_tw.auth.basic import parse_basic
 from stalwart_tw.config import SETTINGS, load_settings
 from stalwart_tw.http.app import JmapHttp
+from stalwart_tw.jmap.core import CoreExtension
+from stalwart_tw.jmap.server import JmapServer
 from stalwart_tw.service import NodeService, Options, StartupError, tls_options
 from tests.support import NodeServiceMixin, node_settings
 
@@ -251,7 +253,8 @@ class SessionAuthenticationTests(TestCase):
         self.ready = True
         self.directory = FakeDirectory({("jane", "pässword"): Principal("jane")})
         settings = load_settings(None, {}, {})
-        self.http = JmapHttp(self.directory, settings, lambda: self.ready)
+        server = JmapServer(settings, self.directory, [CoreExtension()])
+        self.http = JmapHttp(server, self.directory, settings, lambda: self.ready)
         self.treq = StubTreq(self.http.resource())
 
     @defer.inlineCallbacks

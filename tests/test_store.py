@@ -8,12 +8,12 @@ from sqlalchemy import func, select
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from stalwart_tw.cluster.node import LocalNode, NodeStopping
+from stalwart_tw.cluster.node import LocalNode
 from stalwart_tw.store import batch as batch_module
 from stalwart_tw.store import changes, schema
 from stalwart_tw.store.batch import WriteBatch, apply_batch
 from stalwart_tw.store.engine import Store
-from stalwart_tw.store.errors import BatchConflict, InvalidBatch
+from stalwart_tw.store.errors import BatchConflict, InvalidBatch, NodeStopping
 from tests.support import open_store_and_node
 
 

@@ -24,11 +24,12 @@ reader) and answers with a Deferred; none blocks the reactor.
 
 import struct
 from dataclasses import dataclass
-from typing import Optional
 
 from blake3 import blake3
 from sqlalchemy import bindparam, delete, insert, select
 
+# Entry and HardState are the core's records; they stay importable from here.
+from stalwart_tw.cluster.raft import Entry, HardState
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.errors import StoreError
 from stalwart_tw.store.schema import raft_log, raft_state
@@ -57,30 +58,6 @@ class LogCompacted(StoreError):
     Entries were asked for that are already folded into the snapshot: the
     caller (a leader catching up a follower) sends the snapshot instead.
     """
-
-
-@dataclass(frozen=True)
-class Entry:
-    """
-    One entry of the Raft log. C{data} is opaque here: a no-op entry has
-    C{b""}, a configuration entry is bytes like any other.
-    """
-
-    term: int
-    index: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class HardState:
-    """
-    What Raft must remember across a restart besides the entries.
-    """
-
-    # The latest term this node has seen.
-    term: int = 0
-    # The peer id this node voted for in that term, or None.
-    vote: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,7 @@ from twisted.internet.defer import DeferredLock, fail, succeed
 from stalwart_tw.inflight import InFlight, uncancellable
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.batch import apply_batch
-from stalwart_tw.store.errors import BatchConflict, InvalidBatch
-
-
-class NodeStopping(Exception):
-    """
-    The node is shutting down and accepts no new write.
-    """
+from stalwart_tw.store.errors import BatchConflict, InvalidBatch, NodeStopping
 
 
 class LocalNode(Service):
@@ -136,3 +130,8 @@ class LocalNode(Service):
             return passthrough
 
         return self._operations.track(result.addBoth(forget))
+
+
+# NodeStopping is defined with the other write errors and stays importable
+# from here.
+__all__ = ["LocalNode", "NodeStopping"]

@@ -32,8 +32,6 @@ What it implements (Ongaro's dissertation, with etcd's refinements):
 from dataclasses import dataclass, field
 from typing import Optional
 
-from stalwart_tw.cluster.log import Entry, HardState
-
 FOLLOWER = "follower"
 PRE_CANDIDATE = "pre-candidate"
 CANDIDATE = "candidate"
@@ -48,6 +46,36 @@ CONFIG_PREFIX = b"C"
 PROBE = "probe"
 REPLICATE = "replicate"
 STALL_HEARTBEATS = 3
+
+
+# -- log records ----------------------------------------------------------
+# Defined here, not in log.py, so that the core loads no storage code; the
+# durable log (log.py) stores and loads these.
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    One entry of the Raft log. C{data} is empty for a no-op and otherwise
+    starts with L{DATA_PREFIX} or L{CONFIG_PREFIX}; the durable log stores it
+    as opaque bytes.
+    """
+
+    term: int
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HardState:
+    """
+    What Raft must remember across a restart besides the entries.
+    """
+
+    # The latest term this node has seen.
+    term: int = 0
+    # The peer id this node voted for in that term, or None.
+    vote: Optional[str] = None
 
 
 # -- messages -------------------------------------------------------------

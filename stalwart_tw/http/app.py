@@ -24,7 +24,6 @@ so a big request never stalls other clients.
 
 import os
 import re
-from dataclasses import dataclass
 from io import BytesIO
 from urllib.parse import quote
 
@@ -41,31 +40,13 @@ from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
 from stalwart_tw.http.streaming import FileStreamer
 from stalwart_tw.inflight import uncancellable
-from stalwart_tw.jmap.core import BlobAccess, register_blobs, register_core
-from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
-from stalwart_tw.jmap.principal import (
-    PRINCIPALS_CAPABILITY,
-    principal_id,
-    register_principals,
-)
-from stalwart_tw.jmap.principal_query import register_principal_query
-from stalwart_tw.jmap.push import (
-    EventSourceStream,
-    SharedStateBus,
-    parse_eventsource_query,
-)
+from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
-from stalwart_tw.jmap.session import (
-    account_id,
-    account_number,
-    session_document,
-)
+from stalwart_tw.jmap.session import account_id, account_number
 from stalwart_tw.logs import Logger, debug_enabled
-from stalwart_tw.store.blobs import is_blob_hash
-from stalwart_tw.store.directory import ADMIN_NAME, CHANGE_TYPE
+from stalwart_tw.store.directory import ADMIN_NAME
 from stalwart_tw.store.errors import BlobMissing
-from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
 PROBLEM_TYPE = "application/problem+json"
 INLINE_PARSE_LIMIT = 64 * 1024
@@ -352,28 +333,20 @@ class Refused(Exception):
         self.answer = answer
 
 
-@dataclass(frozen=True)
-class _SessionOf:
-    """
-    A principal's Session document, and the principal ids of its accounts.
-    """
-
-    principal: object
-    document: dict
-    accounts: tuple
-
-
 class JmapHttp:
     """
-    The HTTP routes of one node.
+    The HTTP routes of one node: bytes, credentials and limits around a
+    L{JmapServer}, which does the JMAP.
 
+    @param server: the node's L{JmapServer}.
     @param directory: the L{Directory} that verifies logins.
     @param settings: the node's L{Settings}.
     @param is_ready: a zero-argument callable, true once the node's data is
         open; until then every route answers 503.
-    @param blobs: the node's L{BlobStore}; without it (with C{store} and
-        C{node}, which Blob/copy reads and commits through), uploads and
-        downloads answer 503 and Blob/copy is not offered.
+    @param threadpool: where large request bodies are decoded and blob
+        files read.
+    @param cluster: a zero-argument callable returning the cluster
+        document of C{GET /admin/cluster}, or C{None}.
     """
 
     app = Klein()
@@ -383,46 +356,20 @@ class JmapHttp:
     # devices, not enough to hold the server's connections hostage.
     event_streams_per_user = 32
 
-    def __init__(self, directory, settings, is_ready, threadpool=None, reactor=None,
-                 blobs=None, store=None, node=None, bus=None, cluster=None):
+    def __init__(self, server, directory, settings, is_ready, threadpool=None, reactor=None,
+                 cluster=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._server = server
         self._directory = directory
         self._settings = settings
         self._is_ready = is_ready
         self._threadpool = threadpool
-        # A zero-argument callable returning the cluster document.
         self._cluster = cluster
-        self.methods = MethodRegistry()
-        register_core(self.methods)
-        # Principal states are the directory's (account 0), announced under
-        # every account the subscriber watches.
-        self._bus = None if bus is None else SharedStateBus(
-            bus, {DIRECTORY_ACCOUNT: {CHANGE_TYPE}}
-        )
-        self._principals = None
-        if store is not None:
-            self._principals = register_principals(self.methods, directory, store, settings)
-            register_principal_query(self.methods, self._principals, settings)
-        # principal id -> (the Principal it was built for, Session document)
-        self._sessions = {}
-        self._sessions_generation = 0
-        if node is not None:
-            node.add_listener(self._forget_sessions)
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
         self._uploads = ConcurrencyLimit(settings.max_concurrent_uploads)
         self._event_streams = ConcurrencyLimit(self.event_streams_per_user)
-        self._blobs, self._blob_access = blobs, None
-        if blobs is not None:
-            if store is None or node is None:
-                raise ValueError("blobs needs the store and the node as well")
-            # The reactor is the blob store's clock too (service.py), so copies
-            # expire on the same clock as uploads.
-            self._blob_access = BlobAccess(
-                blobs, store, node, reactor, settings.max_objects_in_set
-            )
-            register_blobs(self.methods, self._blob_access)
 
     def resource(self):
         return JmapResource(self, self.app.resource())
@@ -518,7 +465,7 @@ class JmapHttp:
         number = await self._account_of(principal, account)
         if number is None:
             raise Refused(self._not_found(request, "No such account."))
-        if self._blobs is None:
+        if self._server.blobs is None:
             raise Refused(self._no_blobs(request))
         return principal, number
 
@@ -542,45 +489,7 @@ class JmapHttp:
     @app.route("/jmap/session", methods=["GET"])
     async def session(self, request):
         principal = await self._caller(request)
-        return json_response(request, (await self._session(principal)).document)
-
-    def _cached_session(self, principal):
-        # Every API response carries the session state: building it reads
-        # the directory, so it is kept until the directory changes.
-        cached = self._sessions.get(principal.id)
-        if cached is not None and cached.principal == principal:
-            return cached
-        return None
-
-    async def _session(self, principal):
-        """
-        @return: the L{_SessionOf} C{principal}, from the cache or built.
-        """
-        cached = self._cached_session(principal)
-        if cached is not None:
-            return cached
-        generation = self._sessions_generation
-        group_ids = await self._directory.groups_of(principal.id)
-        groups = [await self._directory.get_by_id(group_id) for group_id in group_ids]
-        capabilities = {}
-        if self._principals is not None:
-            capabilities[PRINCIPALS_CAPABILITY] = (
-                {}, {"currentUserPrincipalId": principal_id(principal.id)}
-            )
-        document = session_document(
-            self._settings, principal, [g for g in groups if g], capabilities
-        )
-        session = _SessionOf(
-            principal, document, tuple(account_number(text) for text in document["accounts"])
-        )
-        if generation == self._sessions_generation:
-            self._sessions[principal.id] = session
-        return session
-
-    def _forget_sessions(self, apply_result):
-        if CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {}):
-            self._sessions.clear()
-            self._sessions_generation += 1
+        return json_response(request, (await self._server.session(principal)).document)
 
     @app.route("/admin/cluster", methods=["GET"])
     async def admin_cluster(self, request):
@@ -594,17 +503,17 @@ class JmapHttp:
     @app.route("/jmap/eventsource", methods=["GET"])
     @app.route("/jmap/eventsource/", methods=["GET"])
     async def event_source(self, request):
-        if self._bus is None:
+        if self._server.bus is None:
             return self._unavailable(request)
         principal = await self._caller(request)
         try:
             options = parse_eventsource_query(request.args)
         except ValueError as error:
             return problem(request, 400, "Bad Request", str(error))
-        accounts = await self._accounts(principal)
+        accounts = await self._server.accounts(principal)
         stream = EventSourceStream(
             request,
-            self._bus,
+            self._server.bus,
             accounts,
             options,
             throttle_ms=self._settings.event_source_throttle,
@@ -629,7 +538,7 @@ class JmapHttp:
         try:
             with self._requests.slot(principal.id):
                 parsed = await self._parse(request)
-                work = ensureDeferred(self._run(parsed, principal))
+                work = ensureDeferred(self._server.run(parsed, principal))
                 # Work that finished at once has nothing left to protect.
                 response = await (work if work.called else uncancellable(work))
         except RequestError as error:
@@ -638,14 +547,6 @@ class JmapHttp:
             return _busy(request, self._requests.limit, "requests", "maxConcurrentRequests")
         return json_response(request, response)
 
-    async def _run(self, parsed, principal):
-        session = self._cached_session(principal) or await self._session(principal)
-        response = await run_request(self.methods, parsed, principal, None, session.accounts)
-        # After the methods: a call may have changed the session.
-        session = self._cached_session(principal) or await self._session(principal)
-        response["sessionState"] = session.document["state"]
-        return response
-
     async def _parse(self, request):
         content_type = (request.getHeader(b"Content-Type") or b"application/json").lower()
         if content_type.split(b";")[0].strip() != b"application/json":
@@ -653,7 +554,7 @@ class JmapHttp:
         limit = self._settings.max_size_request
         size = check_body_size(request, limit, "request", "maxSizeRequest")
         arguments = (
-            request.content, limit, self.methods.capabilities(),
+            request.content, limit, self._server.capabilities(),
             self._settings.max_calls_in_request,
         )
         if size <= INLINE_PARSE_LIMIT or self._threadpool is None:
@@ -663,15 +564,10 @@ class JmapHttp:
             self._reactor, self._threadpool, _read_and_parse, *arguments
         )
 
-    async def _accounts(self, principal):
-        # The accounts a user may use are those of their Session (cached
-        # until the directory changes): one rule for every route.
-        return (await self._session(principal)).accounts
-
     async def _account_of(self, principal, text):
         # The principal id behind text, if principal may use that account.
         number = account_number(text)
-        if number is None or number not in await self._accounts(principal):
+        if number is None or number not in await self._server.accounts(principal):
             return None
         return number
 
@@ -701,9 +597,7 @@ class JmapHttp:
         # the client left before. The body is streamed into the blob store
         # from where Twisted spooled it, never whole in memory.
         with self._uploads.slot(account):
-            source = _body_source(request.content)
-            blob_hash, size, _ = await self._blobs.put_temporary(account, source, uploader)
-        return blob_hash, size
+            return await self._server.blobs.upload(account, _body_source(request.content), uploader)
 
     def _check_upload_size(self, request):
         return check_body_size(request, self._settings.max_size_upload, "upload", "maxSizeUpload")
@@ -712,7 +606,7 @@ class JmapHttp:
     async def download(self, request, account, blob_id, name):
         principal, number = await self._blob_caller(request, account)
         try:
-            blob_file, size = await self._open_visible_blob(number, principal.id, blob_id)
+            blob_file, size = await self._server.blobs.open_visible(number, principal.id, blob_id)
         except BlobMissing:
             return self._not_found(request, "No such blob in this account.")
         request.setHeader(b"Content-Type", _download_type(request).encode("ascii"))
@@ -724,16 +618,6 @@ class JmapHttp:
         complete = await streamer.start()
         # Klein finishes the response; after a cut, there is none to finish.
         return b"" if complete else None
-
-    async def _open_visible_blob(self, account, principal_id, blob_id):
-        # BlobMissing for a malformed id, a blob this principal does not
-        # hold in the account, or one whose file is gone: all the same to
-        # the client.
-        if not is_blob_hash(blob_id) or blob_id not in await self._blob_access.visible(
-            account, principal_id, [blob_id]
-        ):
-            raise BlobMissing(blob_id)
-        return await self._blobs.open(blob_id)
 
     def _in_thread(self, function, *args):
         pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()

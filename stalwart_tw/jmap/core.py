@@ -20,7 +20,6 @@ already holds the blob refreshes its expiry, as re-uploading would.
 from twisted.internet.defer import ensureDeferred, succeed
 
 from stalwart_tw.inflight import uncancellable
-from stalwart_tw.jmap.dispatch import CORE_CAPABILITY
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
     FROM_ACCOUNT_NOT_FOUND,
@@ -29,7 +28,8 @@ from stalwart_tw.jmap.errors import (
     MethodError,
     invalid_arguments,
 )
-from stalwart_tw.jmap.session import account_id, account_number
+from stalwart_tw.jmap.server import Extension
+from stalwart_tw.jmap.session import CORE_CAPABILITY, account_id, account_number
 from stalwart_tw.logs import Logger
 from stalwart_tw.store.blobs import held_by, is_blob_hash, temporary_rows
 from stalwart_tw.store.errors import BlobMissing
@@ -53,31 +53,70 @@ def register_core(registry):
     registry.register("Core/echo", CORE_CAPABILITY, echo)
 
 
-def register_blobs(registry, access):
+class CoreExtension(Extension):
     """
-    Add Blob/copy, served by a L{BlobAccess}, to a L{MethodRegistry}.
+    The core capability (urn:ietf:params:jmap:core): Core/echo, and
+    Blob/copy when the node stores blobs. Its Session object is built from
+    the settings by the Session itself.
+
+    @param blobs: the L{BlobAccess}, or C{None}.
     """
-    registry.register("Blob/copy", CORE_CAPABILITY, access.copy)
+
+    capability = CORE_CAPABILITY
+
+    def __init__(self, blobs=None):
+        self._blobs = blobs
+
+    def methods(self):
+        methods = {"Core/echo": echo}
+        if self._blobs is not None:
+            methods["Blob/copy"] = self._blobs.copy
+        return methods
 
 
 class BlobAccess:
     """
-    Which account may use which blob, and Blob/copy.
+    Which account may use which blob; uploads, downloads and Blob/copy.
 
     @param blobs: the node's L{BlobStore}.
     @param store: the L{Store} read for C{blob_temp} rows.
-    @param node: the node through which copies are committed.
+    @param writer: the L{AccountWriter} copies are committed through.
     @param clock: the IReactorTime that expiry is computed from (the blob
         store's clock, so that its purge agrees).
     @param max_blobs: the most blob ids one Blob/copy takes (maxObjectsInSet).
     """
 
-    def __init__(self, blobs, store, node, clock, max_blobs):
+    def __init__(self, blobs, store, writer, clock, max_blobs):
         self._blobs = blobs
         self._store = store
-        self._node = node
+        self._writer = writer
         self._clock = clock
         self._max_blobs = max_blobs
+
+    async def upload(self, account, source, uploader):
+        """
+        Store an upload to C{account} by C{uploader}, visible to them alone
+        until data references it.
+
+        @param source: the bytes, or a binary file read from its start.
+        @return: C{(blob id, size)}.
+        """
+        blob_hash, size, _ = await self._blobs.put_temporary(account, source, uploader)
+        return blob_hash, size
+
+    async def open_visible(self, account, principal_id, blob_id):
+        """
+        @return: C{(binary file, size)} of a blob the principal can see in
+            the account.
+        @raise BlobMissing: for a malformed id, a blob this principal does
+            not hold in the account, or one whose file is gone: all the
+            same to the client.
+        """
+        if not is_blob_hash(blob_id) or blob_id not in await self.visible(
+            account, principal_id, [blob_id]
+        ):
+            raise BlobMissing(blob_id)
+        return await self._blobs.open(blob_id)
 
     def visible(self, account, principal_id, blob_hashes):
         """
@@ -145,7 +184,7 @@ class BlobAccess:
                 held.add(blob_hash)
             if held:
                 expires_at = int(self._clock.seconds()) + self._blobs.temp_ttl
-                await self._node.commit(temporary_rows(account, principal_id, held, expires_at))
+                await self._writer.commit(temporary_rows(account, principal_id, held, expires_at))
         finally:
             for blob_hash in held:
                 self._blobs.release_in_flight(blob_hash)

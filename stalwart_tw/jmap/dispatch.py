@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import CancelledError
 
-from stalwart_tw.cluster.node import NodeStopping
+from stalwart_tw.store.errors import NodeStopping
 from stalwart_tw.jmap.errors import (
     SERVER_FAIL,
     SERVER_UNAVAILABLE,
@@ -26,8 +26,6 @@ from stalwart_tw.jmap.errors import (
 )
 from stalwart_tw.jmap.request import Invocation, resolve_references
 from stalwart_tw.logs import Logger
-
-CORE_CAPABILITY = "urn:ietf:params:jmap:core"
 
 log = Logger()
 

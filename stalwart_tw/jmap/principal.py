@@ -12,12 +12,14 @@ individual creates its account (an account is a principal's id). The
 secret is write-only: /set takes it, /get never shows it.
 """
 
+from dataclasses import dataclass, field, replace
+
 from stalwart_tw.jmap.errors import FORBIDDEN, MethodError
 from stalwart_tw.jmap.ids import decode_id, encode_id
+from stalwart_tw.jmap.server import Extension
 from stalwart_tw.jmap.standard import (
     SetError,
     WritableType,
-    resolve_id,
     standard_changes,
     standard_get,
     standard_set,
@@ -26,9 +28,22 @@ from stalwart_tw.store.changes import (
     Changes,
     ChangesUnavailable,
     changes_since,
-    type_modseq,
 )
-from stalwart_tw.store.directory import ADMIN_NAME, CHANGE_TYPE, DirectoryError
+from stalwart_tw.store.directory import (
+    ADMIN_NAME,
+    CHANGE_TYPE,
+    DirectoryError,
+    changes_directory,
+    drafted_principal,
+)
+from stalwart_tw.store.principal_changes import (
+    _build_create,
+    _build_delete,
+    _build_replace,
+    _check_replace,
+    _check_secret,
+    _new_principal,
+)
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
 PRINCIPALS_CAPABILITY = "urn:ietf:params:jmap:principals"
@@ -66,10 +81,39 @@ def as_jmap(principal, ids_by_name):
     }
 
 
+@dataclass
+class _Prepared:
+    """
+    What a Principal/set computes on the reactor before building: the
+    hashes of the secrets it sets, and the creation time.
+    """
+
+    now: int
+    # creation id -> secret hash
+    create_hashes: dict = field(default_factory=dict)
+    # id as the client gave it (maybe "#creationId") -> secret hash
+    update_hashes: dict = field(default_factory=dict)
+
+    def update_hash(self, call, object_id):
+        for given_id, secret_hash in self.update_hashes.items():
+            try:
+                if call.resolve_id(given_id) == object_id:
+                    return secret_hash
+            except SetError:
+                continue
+        return None
+
+
+def _settable_secret(properties):
+    secret = properties.get("secret")
+    return secret if isinstance(secret, str) and secret else None
+
+
 class PrincipalType(WritableType):
     """
-    Principals of the directory. Only the admin may change them; a write
-    is one atomic directory change.
+    Principals of the directory. Only the admin may change them; a
+    Principal/set is one directory write, however many principals it
+    touches.
     """
 
     name = CHANGE_TYPE
@@ -81,6 +125,10 @@ class PrincipalType(WritableType):
         self._directory = directory
         self._store = store
 
+    def state_account(self, account):
+        # One directory for the whole server.
+        return DIRECTORY_ACCOUNT
+
     @staticmethod
     def _visible(context):
         # None: everything.
@@ -88,10 +136,10 @@ class PrincipalType(WritableType):
             return None
         return set(context.accounts)
 
-    async def read(self, context, account, ids):
+    async def read(self, context, account, ids, properties=None, extra=None):
         return (await self.read_with_state(context, account, ids))[1]
 
-    async def read_with_state(self, context, account, ids):
+    async def read_with_state(self, context, account, ids, properties=None, extra=None):
         visible = self._visible(context)
         numbers = None
         if ids is not None:
@@ -105,9 +153,9 @@ class PrincipalType(WritableType):
         return modseq, {principal_id(p.id): as_jmap(p, ids_by_name) for p in found}
 
     def modseq(self, context, account):
-        return self._store.read(type_modseq, DIRECTORY_ACCOUNT, CHANGE_TYPE)
+        return self._directory.modseq()
 
-    async def changes(self, context, account, since_modseq, max_changes):
+    async def changes(self, context, account, since_modseq, max_changes, extra=None):
         found = await self._store.read(
             changes_since, DIRECTORY_ACCOUNT, CHANGE_TYPE, since_modseq, max_changes
         )
@@ -137,24 +185,52 @@ class PrincipalType(WritableType):
             found.has_more,
         )
 
+    # Writing (Principal/set): hashing first, on the hash threads; then
+    # every object built into one batch through a Draft.
 
-    # Writing (Principal/set).
+    async def prepare(self, context, account, request, extra):
+        prepared = _Prepared(self._directory.now())
+        for creation_id, properties in request.create.items():
+            secret = _settable_secret(properties)
+            if secret is not None:
+                prepared.create_hashes[creation_id] = await self._directory.hash_secret(secret)
+        for given_id, patch in request.update.items():
+            secret = _settable_secret(patch)
+            if secret is not None:
+                prepared.update_hashes[given_id] = await self._directory.hash_secret(secret)
+        return prepared
 
-    async def create(self, context, account, properties, guard):
+    def read_drafted(self, draft, call, account, ids):
+        visible = self._visible(call.context)
+        found = {}
+        for object_id in ids:
+            number = principal_number(object_id)
+            if number is None or (visible is not None and number not in visible):
+                continue
+            principal, member_ids = drafted_principal(draft, number)
+            if principal is not None:
+                ids_by_name = {name: principal_id(n) for name, n in member_ids.items()}
+                found[object_id] = as_jmap(principal, ids_by_name)
+        return found
+
+    def build_create(self, draft, call, creation_id, properties):
         _check_writable(properties, creating=True)
-        kind, name = properties.get("type"), properties.get("name")
-        members = await self._member_names(context, properties.get("members", []))
-        principal = await _directory_call(self._directory.create_principal(
-            kind, name, secret=properties.get("secret"),
-            description=properties.get("description"), email=properties.get("email"),
-            aliases=properties.get("aliases", ()), members=members,
-            quota=properties.get("quota", 0), timezone=properties.get("timeZone"),
-            if_modseq=guard.modseq,
-        ))
-        guard.passed()
-        return {"id": principal_id(principal.id)}
+        members = self._member_names(draft, call, properties.get("members", []))
+        with _as_set_error():
+            new = _new_principal(
+                properties.get("type"), properties.get("name"), properties.get("secret"),
+                properties.get("description"), properties.get("email"),
+                properties.get("aliases", ()), members, properties.get("quota", 0),
+                properties.get("timeZone"),
+            )
+            new = replace(
+                new, secret_hash=call.prepared.create_hashes.get(creation_id),
+                created_at=call.prepared.now,
+            )
+            number = _build_create(draft, new)
+        return {"id": principal_id(number)}
 
-    async def update(self, context, account, object_id, current, patched, guard):
+    def build_update(self, draft, call, object_id, current, patched):
         _check_writable(patched, creating=False)
         for fixed in ("id", "type"):
             if patched.get(fixed) != current.get(fixed):
@@ -164,8 +240,11 @@ class PrincipalType(WritableType):
             for prop, column in _FIELDS.items()
             if patched.get(prop) != current.get(prop)
         }
+        secret_hash = None
         if "secret" in patched:
-            changes["secret"] = patched["secret"]
+            with _as_set_error():
+                _check_secret(patched["secret"])
+            secret_hash = call.prepared.update_hash(call, object_id)
         addresses = None
         if (patched.get("email"), patched.get("aliases", [])) != (
             current.get("email"), current.get("aliases", [])
@@ -173,34 +252,32 @@ class PrincipalType(WritableType):
             addresses = (patched.get("email"), patched.get("aliases", []))
         members = None
         if patched.get("members", []) != current.get("members", []):
-            members = await self._member_names(context, patched.get("members", []))
-        if changes or addresses is not None or members is not None:
-            await _directory_call(self._directory.replace(
-                current["name"], changes=changes, addresses=addresses, members=members,
-                if_modseq=guard.modseq,
-            ))
-            guard.passed()
+            members = self._member_names(draft, call, patched.get("members", []))
+        if not (changes or addresses is not None or members is not None or secret_hash):
+            return None
+        with _as_set_error():
+            changes, addresses, members = _check_replace(changes, addresses, members)
+            if secret_hash is not None:
+                changes["secret_hash"] = secret_hash
+            _build_replace(draft, current["name"], changes, addresses, members)
         return None
 
-    async def destroy(self, context, account, object_id, guard):
-        principal = await self._directory.get_by_id(principal_number(object_id))
-        if principal is None:
-            raise SetError("notFound", f"no Principal {object_id!r}")
-        if principal.name == ADMIN_NAME:
+    def build_destroy(self, draft, call, object_id, current):
+        if current["name"] == ADMIN_NAME:
             raise SetError("forbidden", "the admin principal cannot be destroyed")
-        await _directory_call(self._directory.delete(principal.name, if_modseq=guard.modseq))
-        guard.passed()
+        with _as_set_error():
+            _build_delete(draft, current["name"])
 
-    async def _member_names(self, context, member_ids):
+    def _member_names(self, draft, call, member_ids):
         if not isinstance(member_ids, list):
             raise SetError("invalidProperties", "members must be an array of ids", ["members"])
         names = []
         for given in member_ids:
-            number = principal_number(resolve_id(context, given))
-            member = None if number is None else await self._directory.get_by_id(number)
+            number = principal_number(call.resolve_id(given))
+            member = None if number is None else draft.first("principals", id=number)
             if member is None:
                 raise SetError("invalidProperties", f"no principal {given!r}", ["members"])
-            names.append(member.name)
+            names.append(member["name"])
         return names
 
 
@@ -236,41 +313,68 @@ _PROPERTY_OF_ERROR = {
 }
 
 
-async def _directory_call(call):
-    try:
-        return await call
-    except DirectoryError as error:
-        properties = _PROPERTY_OF_ERROR.get(type(error).__name__)
-        raise SetError("invalidProperties", str(error), properties) from None
+class _as_set_error:
+    # A directory rule broken while building: that object's SetError.
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, DirectoryError):
+            properties = _PROPERTY_OF_ERROR.get(type(error).__name__)
+            raise SetError("invalidProperties", str(error), properties) from None
+        return False
 
 
-def register_principals(registry, directory, store, settings):
+class PrincipalsExtension(Extension):
     """
-    Add Principal/get and Principal/changes to a L{MethodRegistry}.
+    The principals capability: Principal/get, /changes, /set, /query and
+    /queryChanges, over the one directory of the server.
+
+    @param directory: the L{Directory}.
+    @param store: the L{Store} the change log is read from.
+    @param writer: the L{AccountWriter} Principal/set commits through.
+    @param settings: the node's settings (limits).
     """
-    principals = PrincipalType(directory, store)
-    registry.register(
-        "Principal/get",
-        PRINCIPALS_CAPABILITY,
-        lambda context, arguments: standard_get(
-            principals, settings.max_objects_in_get, context, arguments
-        ),
-    )
-    registry.register(
-        "Principal/set",
-        PRINCIPALS_CAPABILITY,
-        lambda context, arguments: _admin_only(context) or standard_set(
-            principals, settings.max_objects_in_set, context, arguments
-        ),
-    )
-    registry.register(
-        "Principal/changes",
-        PRINCIPALS_CAPABILITY,
-        lambda context, arguments: standard_changes(
-            principals, settings.changes_max_results, context, arguments
-        ),
-    )
-    return principals
+
+    capability = PRINCIPALS_CAPABILITY
+    # Principal states are the directory's (account 0), announced under
+    # every account the subscriber watches.
+    shared_states = {DIRECTORY_ACCOUNT: {CHANGE_TYPE}}
+
+    def __init__(self, directory, store, writer, settings):
+        self.principals = PrincipalType(directory, store)
+        self._writer = writer
+        self._settings = settings
+
+    def session_capability(self, principal):
+        return {}, {"currentUserPrincipalId": principal_id(principal.id)}
+
+    def directory_changed(self, apply_result):
+        return changes_directory(apply_result)
+
+    def methods(self):
+        from stalwart_tw.jmap.principal_query import PRINCIPAL_QUERY
+        from stalwart_tw.jmap.query import standard_query, standard_query_changes
+
+        principals, settings, writer = self.principals, self._settings, self._writer
+        return {
+            "Principal/get": lambda context, arguments: standard_get(
+                principals, settings.max_objects_in_get, context, arguments
+            ),
+            "Principal/changes": lambda context, arguments: standard_changes(
+                principals, settings.changes_max_results, context, arguments
+            ),
+            "Principal/set": lambda context, arguments: _admin_only(context) or standard_set(
+                principals, writer, settings.max_objects_in_set, context, arguments
+            ),
+            "Principal/query": lambda context, arguments: standard_query(
+                principals, PRINCIPAL_QUERY, settings, context, arguments
+            ),
+            "Principal/queryChanges": lambda context, arguments: standard_query_changes(
+                principals, PRINCIPAL_QUERY, settings, context, arguments
+            ),
+        }
 
 
 def _admin_only(context):

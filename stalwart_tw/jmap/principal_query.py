@@ -7,15 +7,13 @@ admin: all; anyone else: themselves and their groups), so a query never
 reveals a principal that /get would not.
 """
 
-from stalwart_tw.jmap.principal import PRINCIPALS_CAPABILITY, principal_number
+from stalwart_tw.jmap.principal import principal_number
 from stalwart_tw.jmap.query import (
     FilterValueError,
     QuerySpec,
     by_property,
     contains_text,
     equals,
-    standard_query,
-    standard_query_changes,
 )
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.store.principal_changes import GROUP, INDIVIDUAL
@@ -58,28 +56,3 @@ PRINCIPAL_QUERY = QuerySpec(
         "type": by_property("type"),
     },
 )
-
-
-def register_principal_query(registry, principals, settings):
-    """
-    Add Principal/query and Principal/queryChanges to a L{MethodRegistry}.
-
-    @param principals: the L{PrincipalType} that C{register_principals}
-        returned.
-    @param settings: the node's settings, for C{query_max_results} and
-        C{changes_max_results}.
-    """
-    registry.register(
-        "Principal/query",
-        PRINCIPALS_CAPABILITY,
-        lambda context, arguments: standard_query(
-            principals, PRINCIPAL_QUERY, settings, context, arguments
-        ),
-    )
-    registry.register(
-        "Principal/queryChanges",
-        PRINCIPALS_CAPABILITY,
-        lambda context, arguments: standard_query_changes(
-            principals, PRINCIPAL_QUERY, settings, context, arguments
-        ),
-    )

@@ -1,18 +1,20 @@
 """
 The standard /query and /queryChanges methods (RFC 8620 sections 5.5 and
-5.6), evaluated in memory.
+5.6).
 
-This machinery suits types whose objects are few and read whole through
+Who evaluates a query is a L{QueryEngine}: it checks and compiles the
+filter and sort (before anything is read), then runs the compiled query.
+L{InMemoryQuery} suits types whose objects are few and read whole through
 L{DataType.read} (Principal now): every object is read, the filter is
-applied to each, and the survivors are sorted and windowed. The mail types
-(Email, Mailbox, Thread...) will not go through here: their filters and
-sorts will compile to SQL over the store's indexes, with the same
-arguments, errors and response shapes as below.
+applied to each, and the survivors are sorted. A type with many objects
+(Email) hands the whole filter and sort to an engine of its own that
+compiles them to SQL; the arguments, the windowing, the errors and the
+response shapes below are the same for both.
 
-A type describes what it can be queried by with a L{QuerySpec}; the
-functions here check the arguments (each malformed one is
-C{invalidArguments} saying what was wrong), build one predicate from the
-whole filter tree before any object is looked at, and answer. The
+An in-memory type describes what it can be queried by with a
+L{QuerySpec}; the functions here check the arguments (each malformed one
+is C{invalidArguments} saying what was wrong), build one predicate from
+the whole filter tree before any object is looked at, and answer. The
 queryState is the type's state string, so a query's state moves whenever
 any object of the type changes (RFC 8620 allows this: it MAY change when
 the results might have).
@@ -25,6 +27,7 @@ are, mutable properties included.
 """
 
 import unicodedata
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from stalwart_tw.jmap.errors import (
@@ -36,8 +39,10 @@ from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import (
     boolean_argument,
     check_arguments,
+    method_arguments,
     optional_string,
     require_account,
+    type_arguments,
 )
 from stalwart_tw.store.changes import (
     ChangesUnavailable,
@@ -322,33 +327,81 @@ def _int_argument(arguments, name, default, minimum=None):
     return value
 
 
-async def _results(datatype, spec, context, account, arguments):
+class QueryEngine(ABC):
+    """
+    Evaluates a type's queries.
+    """
+
+    @abstractmethod
+    def compile(self, filter_value, sort_value):
+        """
+        Check a /query's C{filter} and C{sort} (either may be C{None}).
+
+        @return: the compiled query, whatever L{run} takes.
+        @raise MethodError: C{invalidArguments}, C{unsupportedFilter} or
+            C{unsupportedSort}, saying what is wrong.
+        """
+
+    @abstractmethod
+    async def run(self, context, account, compiled, extra):
+        """
+        @param extra: the checked type-specific arguments of the method.
+        @return: C{(modseq, ids)}: every matching id in order, and the
+            type's modseq as of the results (or older: the client then
+            catches up later).
+        """
+
+
+class InMemoryQuery(QueryEngine):
+    """
+    Every object read through C{datatype.read_with_state}, filtered and
+    sorted here as a L{QuerySpec} says.
+    """
+
+    def __init__(self, datatype, spec):
+        self._datatype = datatype
+        self._spec = spec
+
+    def compile(self, filter_value, sort_value):
+        return compile_filter(self._spec, filter_value), compile_sort(self._spec, sort_value)
+
+    async def run(self, context, account, compiled, extra):
+        predicate, comparators = compiled
+        modseq, objects = await self._datatype.read_with_state(
+            context, account, None, None, extra
+        )
+        return modseq, sorted_ids(objects, predicate, comparators)
+
+
+def _engine(datatype, query):
+    return InMemoryQuery(datatype, query) if isinstance(query, QuerySpec) else query
+
+
+async def _results(engine, context, account, arguments, extra):
     # The filter and sort are checked before anything is read.
-    predicate = compile_filter(spec, arguments.get("filter"))
-    comparators = compile_sort(spec, arguments.get("sort"))
-    # The state is that of the objects read (or older, for a type that
-    # cannot read both at once: the client then catches up later).
-    modseq, objects = await datatype.read_with_state(context, account, None)
-    return modseq, sorted_ids(objects, predicate, comparators)
+    compiled = engine.compile(arguments.get("filter"), arguments.get("sort"))
+    return await engine.run(context, account, compiled, extra)
 
 
-async def standard_query(datatype, spec, limits, context, arguments):
+async def standard_query(datatype, query, limits, context, arguments):
     """
     The /query method: the ids of the objects matching C{filter}, in
     C{sort} order, from C{position} (or C{anchor} + C{anchorOffset}), at
     most C{limit} of them and never more than the server's own limit.
 
-    @param spec: the type's L{QuerySpec}.
+    @param query: the type's L{QueryEngine}, or the L{QuerySpec} of an
+        in-memory one.
     @param limits: has C{query_max_results} (the node's settings).
     """
-    check_arguments(arguments, QUERY_ARGUMENTS)
+    check_arguments(arguments, method_arguments(datatype, "query", QUERY_ARGUMENTS))
     account = require_account(context, arguments)
     position = _int_argument(arguments, "position", 0)
     anchor = optional_string(arguments, "anchor", "an id string")
     anchor_offset = _int_argument(arguments, "anchorOffset", 0)
     limit = _int_argument(arguments, "limit", None, minimum=0)
     calculate_total = boolean_argument(arguments, "calculateTotal")
-    modseq, ids = await _results(datatype, spec, context, account, arguments)
+    extra = type_arguments(datatype, "query", arguments)
+    modseq, ids = await _results(_engine(datatype, query), context, account, arguments, extra)
     if anchor is not None:
         # With an anchor, position is ignored (RFC 8620 section 5.5).
         try:
@@ -376,16 +429,18 @@ async def standard_query(datatype, spec, limits, context, arguments):
     return response
 
 
-async def standard_query_changes(datatype, spec, limits, context, arguments):
+async def standard_query_changes(datatype, query, limits, context, arguments):
     """
     The /queryChanges method: how the results of the query with this
     C{filter} and C{sort} moved since C{sinceQueryState}.
 
-    @param spec: the type's L{QuerySpec}.
+    @param query: as for L{standard_query}.
     @param limits: has C{changes_max_results} (the node's settings): the
         most changed objects the server will look through.
     """
-    check_arguments(arguments, QUERY_CHANGES_ARGUMENTS)
+    check_arguments(
+        arguments, method_arguments(datatype, "queryChanges", QUERY_CHANGES_ARGUMENTS)
+    )
     account = require_account(context, arguments)
     since_state = arguments.get("sinceQueryState")
     if not isinstance(since_state, str):
@@ -393,10 +448,11 @@ async def standard_query_changes(datatype, spec, limits, context, arguments):
     max_changes = _int_argument(arguments, "maxChanges", None, minimum=0)
     up_to_id = optional_string(arguments, "upToId", "an id string")
     calculate_total = boolean_argument(arguments, "calculateTotal")
+    extra = type_arguments(datatype, "queryChanges", arguments)
     # The results are read before the changes, so that every change they
     # reflect is among the changes: each changed id is then removed and
     # added back exactly where the results have it.
-    modseq, ids = await _results(datatype, spec, context, account, arguments)
+    modseq, ids = await _results(_engine(datatype, query), context, account, arguments, extra)
     changed = await _changed_ids(datatype, limits, context, account, since_state, max_changes)
     removed = list(changed)
     cut = ids.index(up_to_id) + 1 if up_to_id in ids else len(ids)

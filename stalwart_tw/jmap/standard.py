@@ -2,18 +2,27 @@
 The standard methods shared by every data type (RFC 8620 section 5): /get,
 /changes, /set and /copy (/query and /queryChanges are in query.py).
 
-A data type describes itself with a L{DataType} (its name, properties, and
-how to read its objects, its state and its changes); the functions here do
-the rest the same way for every type: argument checking with precise
-errors, the account check, limits, property selection, and the response
-shape. A method handler is then one line:
-C{lambda context, arguments: standard_get(principals, limits, context, arguments)}.
+A data type describes itself with a L{DataType} (its name, properties, the
+arguments it adds to the standard ones, and how to read its objects, its
+state and its changes); the functions here do the rest the same way for
+every type: argument checking with precise errors, the account check,
+limits, property selection, and the response shape.
+
+Writing. A /set (and a /copy) is one write: every create, update and
+destroy of the call is built into one L{WriteBatch} by the type's
+C{build_*} hooks, on a reader thread, inside the one read transaction of
+the L{AccountWriter}, through a L{Draft} that shows each object the ones
+built before it; an object that fails its checks leaves nothing in the
+batch (a batch savepoint) and is reported in C{notCreated},
+C{notUpdated} or C{notDestroyed}. The batch commits once. So C{ifInState}
+holds for the whole call: it is checked in the transaction the batch is
+built from, and the batch expects the account's modseq as read there. A
+call is all or nothing on the server: an unforeseen failure commits
+nothing (C{serverFail}).
 """
 
 from abc import ABC, abstractmethod
-from contextlib import asynccontextmanager
-
-from twisted.internet.defer import CancelledError
+from dataclasses import dataclass, field
 
 from stalwart_tw.jmap.errors import (
     ACCOUNT_NOT_FOUND,
@@ -23,26 +32,28 @@ from stalwart_tw.jmap.errors import (
     FROM_ACCOUNT_NOT_FOUND,
     FROM_ACCOUNT_NOT_SUPPORTED_BY_METHOD,
     REQUEST_TOO_LARGE,
-    SERVER_PARTIAL_FAIL,
     STATE_MISMATCH,
     MethodError,
     invalid_arguments,
 )
 from stalwart_tw.jmap.session import account_id, account_number
-from stalwart_tw.logs import Logger
 from stalwart_tw.store.changes import (
     ChangesUnavailable,
     InvalidState,
     TooManyChanges,
     decode_state,
     encode_state,
+    type_modseq,
 )
-from stalwart_tw.store.errors import StateChanged
-
-log = Logger()
+from stalwart_tw.store.draft import Draft
 
 GET_ARGUMENTS = frozenset({"accountId", "ids", "properties"})
 CHANGES_ARGUMENTS = frozenset({"accountId", "sinceState", "maxChanges"})
+SET_ARGUMENTS = frozenset({"accountId", "ifInState", "create", "update", "destroy"})
+COPY_ARGUMENTS = frozenset(
+    {"fromAccountId", "ifFromInState", "accountId", "ifInState", "create",
+     "onSuccessDestroyOriginal", "destroyFromIfInState"}
+)
 
 
 class DataType(ABC):
@@ -50,15 +61,31 @@ class DataType(ABC):
     What the standard methods need to know of a data type. Subclasses set
     C{name} and C{properties} and implement the reading methods.
 
-    @cvar name: the type's name, as in C{"Principal"}.
+    @cvar name: the type's name, as in C{"Principal"}: its name in method
+        names and in the change log.
     @cvar properties: every property a client may ask for (C{id} included).
     @cvar server_set: properties the server sets, which a copy does not
         take from its original.
+    @cvar arguments: method (C{"get"}, C{"changes"}, C{"set"}, C{"copy"},
+        C{"query"}, C{"queryChanges"}) -> argument name -> C{check(value)},
+        the arguments the type adds to the standard ones. A check returns
+        the value to use, or raises C{ValueError} with a message that
+        completes "'name' ..." (it becomes C{invalidArguments}); the checked
+        values of the arguments given reach the type's hooks as C{extra}.
     """
 
     name = None
     properties = frozenset()
     server_set = frozenset({"id"})
+    arguments = {}
+
+    def state_account(self, account):
+        """
+        @return: the account (a principal id) whose change log holds this
+            type's state for C{account}: that account itself, unless the
+            type is kept once for everyone (principals: the directory's).
+        """
+        return account
 
     def supports_account(self, account):
         """
@@ -68,19 +95,23 @@ class DataType(ABC):
         return True
 
     @abstractmethod
-    async def read(self, context, account, ids):
+    async def read(self, context, account, ids, properties=None, extra=None):
         """
         @param ids: the ids wanted, or C{None} for every object.
-        @return: id -> the object (a dict of every property) for those that
-            exist and the caller may see.
+        @param properties: the properties the caller wants (C{id} among
+            them), or C{None} for all: a type may skip the work of others.
+        @param extra: the checked type-specific arguments of the method.
+        @return: id -> the object (a dict of at least the wanted
+            properties) for those that exist and the caller may see.
         """
 
-    async def read_with_state(self, context, account, ids):
+    async def read_with_state(self, context, account, ids, properties=None, extra=None):
         """
         @return: C{(modseq, objects)} as L{read} and L{modseq} give them; a
             type that can read both at once, consistently, overrides this.
         """
-        return await self.modseq(context, account), await self.read(context, account, ids)
+        modseq = await self.modseq(context, account)
+        return modseq, await self.read(context, account, ids, properties, extra)
 
     @abstractmethod
     async def modseq(self, context, account):
@@ -89,7 +120,7 @@ class DataType(ABC):
         """
 
     @abstractmethod
-    async def changes(self, context, account, since_modseq, max_changes):
+    async def changes(self, context, account, since_modseq, max_changes, extra=None):
         """
         @return: a L{stalwart_tw.store.changes.Changes}.
         """
@@ -165,12 +196,39 @@ def _unique(values):
     return list(dict.fromkeys(values))
 
 
+def type_arguments(datatype, method, arguments):
+    """
+    @return: the checked values of the type-specific arguments of C{method}
+        that C{arguments} gives.
+    @raise MethodError: C{invalidArguments} naming a value a check refused.
+    """
+    checks = datatype.arguments.get(method)
+    if not checks:
+        return {}
+    extra = {}
+    for name, check in checks.items():
+        if name in arguments:
+            try:
+                extra[name] = check(arguments[name])
+            except ValueError as error:
+                raise invalid_arguments(f"{name!r} {error}") from None
+    return extra
+
+
+def method_arguments(datatype, method, standard):
+    """
+    @return: the arguments C{method} of C{datatype} takes: the standard
+        ones and the type's own.
+    """
+    return standard | frozenset(datatype.arguments.get(method, ()))
+
+
 async def standard_get(datatype, max_objects, context, arguments):
     """
     The /get method: the objects named by C{ids} (all when null), with the
     C{properties} asked for (all when null; C{id} always).
     """
-    check_arguments(arguments, GET_ARGUMENTS)
+    check_arguments(arguments, method_arguments(datatype, "get", GET_ARGUMENTS))
     account = require_account(context, arguments)
     ids = _string_list(arguments, "ids")
     properties = _string_list(arguments, "properties")
@@ -178,16 +236,19 @@ async def standard_get(datatype, max_objects, context, arguments):
         unknown = sorted(set(properties) - datatype.properties)
         if unknown:
             raise invalid_arguments(f"{datatype.name} has no property {unknown[0]!r}")
+    extra = type_arguments(datatype, "get", arguments)
     if ids is not None:
         ids = _unique(ids)
         if len(ids) > max_objects:
             raise _too_large(len(ids), max_objects)
-    modseq, found = await datatype.read_with_state(context, account, ids)
+    wanted = datatype.properties if properties is None else frozenset({"id", *properties})
+    modseq, found = await datatype.read_with_state(
+        context, account, ids, None if properties is None else wanted, extra
+    )
     if ids is None:
         if len(found) > max_objects:
             raise _too_large(len(found), max_objects)
         ids = sorted(found)
-    wanted = datatype.properties if properties is None else {"id", *properties}
     return {
         "accountId": account_id(account),
         "state": encode_state(modseq),
@@ -213,7 +274,7 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
     server's own limit), stopping at a state boundary with
     C{hasMoreChanges} when there are more.
     """
-    check_arguments(arguments, CHANGES_ARGUMENTS)
+    check_arguments(arguments, method_arguments(datatype, "changes", CHANGES_ARGUMENTS))
     account = require_account(context, arguments)
     since_state = arguments.get("sinceState")
     if not isinstance(since_state, str):
@@ -223,10 +284,11 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
         not isinstance(max_changes, int) or isinstance(max_changes, bool) or max_changes < 1
     ):
         raise invalid_arguments("'maxChanges' must be null or a positive integer")
+    extra = type_arguments(datatype, "changes", arguments)
     limit = max_changes_limit if max_changes is None else min(max_changes, max_changes_limit)
     try:
         since = decode_state(since_state)
-        changes = await datatype.changes(context, account, since, limit)
+        changes = await datatype.changes(context, account, since, limit, extra)
     except (InvalidState, ChangesUnavailable, TooManyChanges) as error:
         raise MethodError(CANNOT_CALCULATE_CHANGES, str(error)) from None
     return {
@@ -238,9 +300,6 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
         "updated": changes.updated,
         "destroyed": changes.destroyed,
     }
-
-
-SET_ARGUMENTS = frozenset({"accountId", "ifInState", "create", "update", "destroy"})
 
 
 class SetError(Exception):
@@ -266,64 +325,97 @@ class SetError(Exception):
         return error
 
 
-class StateGuard:
+@dataclass
+class SetCall:
     """
-    ifInState kept true up to the first write of a /set: until one of its
-    writes has committed, each is made on condition that the type is still
-    at C{modseq} (a write that finds it moved raises L{StateChanged} and
-    applies nothing); after that, the /set has started in the state the
-    client gave, and the rest are plain writes.
+    What a type's build hooks know of the /set (or /copy) they build.
 
-    @ivar modseq: the modseq a write must find, or C{None}: no condition.
-    @ivar writes: how many writes of the method have committed.
+    @ivar context: the L{CallContext} of the request.
+    @ivar account: the account (a principal id) written.
+    @ivar extra: the checked type-specific arguments.
+    @ivar prepared: what the type's C{prepare} returned.
+    @ivar created_ids: creation id -> id for the objects this call created
+        so far (the request's earlier ones are in C{context}).
     """
 
-    def __init__(self, modseq=None):
-        self.modseq = modseq
-        self.writes = 0
+    context: object
+    account: int
+    extra: dict = field(default_factory=dict)
+    prepared: object = None
+    created_ids: dict = field(default_factory=dict)
 
-    def passed(self):
+    def resolve_id(self, value):
         """
-        A write has committed: the condition is met.
+        @return: the id a C{#creationId} reference stands for, or C{value}.
+        @raise SetError: C{notFound} for a creation id not created in this
+            request (or not yet).
         """
-        self.modseq = None
-        self.writes += 1
+        if isinstance(value, str) and value.startswith("#"):
+            real = self.created_ids.get(value[1:]) or self.context.created_ids.get(value[1:])
+            if real is None:
+                raise SetError("notFound", f"no object was created as {value[1:]!r}")
+            return real
+        return value
 
 
-@asynccontextmanager
-async def _partial_failure(name, guard):
-    # A failure nobody foresaw after some writes committed: the client has
-    # to be told that part of the method happened (serverPartialFail), not
-    # that none did (serverFail).
-    try:
-        yield
-    except (MethodError, SetError, StateChanged, CancelledError):
-        raise
-    except Exception:
-        if not guard.writes:
-            raise
-        log.failure("{name} failed after {writes} writes", name=name, writes=guard.writes)
-        raise MethodError(
-            SERVER_PARTIAL_FAIL,
-            f"{name} failed after some of its changes were made; fetch the changes since",
-        ) from None
+@dataclass(frozen=True)
+class SetRequest:
+    """
+    The objects a /set asks for, arguments checked for shape.
+
+    @ivar create: creation id -> properties.
+    @ivar update: id (or C{#creationId}) -> PatchObject.
+    @ivar destroy: ids (or C{#creationId}s).
+    """
+
+    create: dict
+    update: dict
+    destroy: list
 
 
 class WritableType(DataType):
     """
-    A data type with /set. Its methods raise L{SetError} for a refused
-    object; each call is one atomic change, made on the condition of the
-    L{StateGuard} it is given (and calling its C{passed} once committed).
+    A data type with /set (and /copy). The C{build_*} hooks run on a reader
+    thread, inside the write's read transaction: they read through the
+    L{Draft} (which shows what the call built so far), write into
+    C{draft.batch} with change-log records for what they touch, decide
+    every id and date themselves, and raise L{SetError} to refuse one
+    object (what they added to the batch is then dropped).
     """
 
+    async def prepare(self, context, account, request, extra):
+        """
+        Work done on the reactor before building: hashing secrets, storing
+        blobs. Nothing read here may be trusted to still hold when building.
+
+        @param request: the L{SetRequest} (for /copy: the creates only).
+        @return: the value the build hooks find in C{call.prepared}.
+        """
+        return None
+
+    def modseq_in(self, connection, account):
+        """
+        @return: the type's modseq in C{account}, read through C{connection}
+            (the write's transaction).
+        """
+        return type_modseq(connection, self.state_account(account), self.name)
+
     @abstractmethod
-    async def create(self, context, account, properties, guard):
+    def read_drafted(self, draft, call, account, ids):
+        """
+        @return: id -> the object, as /get shows it, for those of C{ids}
+            that exist in C{account} (as the batch so far leaves them) and
+            the caller may see.
+        """
+
+    @abstractmethod
+    def build_create(self, draft, call, creation_id, properties):
         """
         @return: the new object's server-set properties, C{id} included.
         """
 
     @abstractmethod
-    async def update(self, context, account, object_id, current, patched, guard):
+    def build_update(self, draft, call, object_id, current, patched):
         """
         @param current: the object before, as /get shows it.
         @param patched: the object with the client's patch applied.
@@ -331,9 +423,9 @@ class WritableType(DataType):
         """
 
     @abstractmethod
-    async def destroy(self, context, account, object_id, guard):
+    def build_destroy(self, draft, call, object_id, current):
         """
-        Destroy one object.
+        Destroy one object (C{current} is it, as /get shows it).
         """
 
 
@@ -377,17 +469,11 @@ def _copy(value):
     return value
 
 
-def resolve_id(context, value):
-    """
-    @return: the id a C{#creationId} reference stands for, or C{value}.
-    @raise SetError: C{notFound} for a creation id not created in this request.
-    """
-    if isinstance(value, str) and value.startswith("#"):
-        real = context.created_ids.get(value[1:])
-        if real is None:
-            raise SetError("notFound", f"no object was created as {value[1:]!r}")
-        return real
-    return value
+def _resolve_quietly(call, object_id):
+    try:
+        return call.resolve_id(object_id)
+    except SetError:
+        return object_id
 
 
 def _map_or_null(arguments, name, value_check, what):
@@ -399,14 +485,7 @@ def _map_or_null(arguments, name, value_check, what):
     return value
 
 
-async def standard_set(datatype, max_objects, context, arguments):
-    """
-    The /set method: creates, then updates, then destroys, each object on
-    its own, refused ones reported as SetErrors.
-    """
-    check_arguments(arguments, SET_ARGUMENTS)
-    account = require_account(context, arguments)
-    require_writable(context, account)
+def _set_request(arguments, max_objects):
     creates = _map_or_null(arguments, "create", lambda v: isinstance(v, dict), "objects")
     updates = _map_or_null(arguments, "update", lambda v: isinstance(v, dict), "patches")
     destroys = arguments.get("destroy")
@@ -417,103 +496,125 @@ async def standard_set(datatype, max_objects, context, arguments):
     count = len(creates) + len(updates) + len(destroys)
     if count > max_objects:
         raise MethodError(REQUEST_TOO_LARGE, f"{count} changes; at most {max_objects} per /set")
+    return SetRequest(creates, updates, destroys)
+
+
+@dataclass
+class _SetOutcome:
+    # What building a /set decided; the response once it has committed.
+    old_modseq: int
+    created_ids: dict
+    response: dict
+
+
+async def standard_set(datatype, writer, max_objects, context, arguments):
+    """
+    The /set method: creates, then updates, then destroys, each object on
+    its own (refused ones reported as SetErrors), all committed as one
+    batch through C{writer}.
+    """
+    check_arguments(arguments, method_arguments(datatype, "set", SET_ARGUMENTS))
+    account = require_account(context, arguments)
+    require_writable(context, account)
+    request = _set_request(arguments, max_objects)
     if_in_state = optional_string(arguments, "ifInState", "a state string")
-    old_modseq = await datatype.modseq(context, account)
-    old_state = encode_state(old_modseq)
-    if if_in_state is not None and if_in_state != old_state:
+    extra = type_arguments(datatype, "set", arguments)
+    prepared = await datatype.prepare(context, account, request, extra)
+    call = SetCall(context, account, extra, prepared)
+    state_account = datatype.state_account(account)
+    written = await writer.write(
+        state_account, _build_set, datatype, call, request, if_in_state
+    )
+    outcome = written.outcome
+    context.created_ids.update(outcome.created_ids)
+    new_modseq = written.type_modseq(state_account, datatype.name, outcome.old_modseq)
+    return {
+        "accountId": account_id(account),
+        "oldState": encode_state(outcome.old_modseq),
+        "newState": encode_state(new_modseq),
+        **outcome.response,
+    }
+
+
+def _build_set(connection, batch, datatype, call, request, if_in_state):
+    # On a reader thread; a rebuild after a conflict starts from scratch.
+    call.created_ids = {}
+    old_modseq = datatype.modseq_in(connection, call.account)
+    if if_in_state is not None and if_in_state != encode_state(old_modseq):
         raise _state_mismatch()
-    guard = StateGuard(old_modseq if if_in_state is not None else None)
-    response = {"accountId": account_id(account), "oldState": old_state}
-    destroying = {_maybe_resolved(context, object_id) for object_id in destroys}
-    try:
-        async with _partial_failure(f"{datatype.name}/set", guard):
-            response.update(await _set_creates(datatype, context, account, creates, guard))
-            response.update(
-                await _set_updates(datatype, context, account, updates, destroying, guard)
-            )
-            response.update(await _set_destroys(datatype, context, account, destroys, guard))
-    except StateChanged:
-        # Only a write made before any other of this /set committed is
-        # conditional: nothing of the method has been applied.
-        raise _state_mismatch() from None
-    response["newState"] = encode_state(await datatype.modseq(context, account))
-    return response
+    draft = Draft(connection, batch)
+    response = _build_creates(datatype, draft, call, request.create)
+    destroying = {_resolve_quietly(call, object_id) for object_id in request.destroy}
+    response.update(_build_updates(datatype, draft, call, request.update, destroying))
+    response.update(_build_destroys(datatype, draft, call, request.destroy))
+    return _SetOutcome(old_modseq, dict(call.created_ids), response)
 
 
 def _state_mismatch():
     return MethodError(STATE_MISMATCH, "the state is no longer the one given in ifInState")
 
 
-def _maybe_resolved(context, object_id):
-    try:
-        return resolve_id(context, object_id)
-    except SetError:
-        return object_id
-
-
-async def _set_creates(datatype, context, account, creates, guard):
+def _build_creates(datatype, draft, call, creates):
     created, refused = {}, {}
     for creation_id, properties in creates.items():
         try:
-            created[creation_id] = await datatype.create(context, account, properties, guard)
+            with draft.batch.savepoint():
+                created[creation_id] = datatype.build_create(draft, call, creation_id, properties)
         except SetError as error:
             refused[creation_id] = error.as_json()
         else:
-            context.created_ids[creation_id] = created[creation_id]["id"]
+            call.created_ids[creation_id] = created[creation_id]["id"]
     return {"created": created or None, "notCreated": refused or None}
 
 
-async def _set_updates(datatype, context, account, updates, destroying, guard):
+def _build_updates(datatype, draft, call, updates, destroying):
     updated, refused = {}, {}
     for given_id, patch in updates.items():
         try:
-            object_id = resolve_id(context, given_id)
+            object_id = call.resolve_id(given_id)
             if object_id in destroying:
                 raise SetError("willDestroy", "the same request destroys it")
-            current = (await datatype.read(context, account, [object_id])).get(object_id)
+            current = datatype.read_drafted(draft, call, call.account, [object_id]).get(object_id)
             if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
             patched = apply_patch(current, patch)
-            updated[object_id] = await datatype.update(
-                context, account, object_id, current, patched, guard
-            )
+            with draft.batch.savepoint():
+                updated[object_id] = datatype.build_update(
+                    draft, call, object_id, current, patched
+                )
         except SetError as error:
             refused[given_id] = error.as_json()
     return {"updated": updated or None, "notUpdated": refused or None}
 
 
-async def _set_destroys(datatype, context, account, destroys, guard):
+def _build_destroys(datatype, draft, call, destroys):
     destroyed, refused = [], {}
     for given_id in destroys:
         try:
-            object_id = resolve_id(context, given_id)
-            if not (await datatype.read(context, account, [object_id])):
+            object_id = call.resolve_id(given_id)
+            current = datatype.read_drafted(draft, call, call.account, [object_id]).get(object_id)
+            if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
-            await datatype.destroy(context, account, object_id, guard)
+            with draft.batch.savepoint():
+                datatype.build_destroy(draft, call, object_id, current)
             destroyed.append(object_id)
         except SetError as error:
             refused[given_id] = error.as_json()
     return {"destroyed": destroyed or None, "notDestroyed": refused or None}
 
 
-COPY_ARGUMENTS = frozenset(
-    {"fromAccountId", "ifFromInState", "accountId", "ifInState", "create",
-     "onSuccessDestroyOriginal", "destroyFromIfInState"}
-)
-
-
-async def standard_copy(datatype, max_objects, context, arguments):
+async def standard_copy(datatype, writer, max_objects, context, arguments):
     """
-    The /copy method (RFC 8620 section 5.4): each record copied on its own
-    into another account (the original's properties, with the client's
-    in their place), then, if asked, the originals of those copied
+    The /copy method (RFC 8620 section 5.4): the records copied into
+    another account (the original's properties, with the client's in their
+    place), all as one batch, then, if asked, the originals of those copied
     destroyed by one implicit /set in the account they came from.
 
     @return: the /copy response arguments, or with C{onSuccessDestroyOriginal}
         a list of C{(method name, arguments)}: the /copy response, then the
         implicit /set's (or its error).
     """
-    check_arguments(arguments, COPY_ARGUMENTS)
+    check_arguments(arguments, method_arguments(datatype, "copy", COPY_ARGUMENTS))
     target = require_account(context, arguments)
     source = require_account(context, arguments, "fromAccountId", FROM_ACCOUNT_NOT_FOUND)
     if source == target:
@@ -532,52 +633,68 @@ async def standard_copy(datatype, max_objects, context, arguments):
             REQUEST_TOO_LARGE, f"{len(creates)} copies; at most {max_objects} per /copy"
         )
     destroy_original = boolean_argument(arguments, "onSuccessDestroyOriginal")
-    if_from_in_state, if_in_state, destroy_from_if_in_state = (
+    states = _CopyStates(*(
         optional_string(arguments, name, "a state string")
         for name in ("ifFromInState", "ifInState", "destroyFromIfInState")
-    )
-    from_modseq, originals = await datatype.read_with_state(
-        context, source, sorted({given["id"] for given in creates.values()})
-    )
-    if if_from_in_state is not None and if_from_in_state != encode_state(from_modseq):
-        raise _state_mismatch()
-    old_modseq = await datatype.modseq(context, target)
-    if if_in_state is not None and if_in_state != encode_state(old_modseq):
-        raise _state_mismatch()
-    guard = StateGuard(old_modseq if if_in_state is not None else None)
-    try:
-        async with _partial_failure(f"{datatype.name}/copy", guard):
-            created, refused, copied = await _copy_each(
-                datatype, context, target, creates, originals, guard
-            )
-    except StateChanged:
-        raise _state_mismatch() from None
+    ))
+    extra = type_arguments(datatype, "copy", arguments)
+    prepared = await datatype.prepare(context, target, SetRequest(creates, {}, []), extra)
+    call = SetCall(context, target, extra, prepared)
+    state_account = datatype.state_account(target)
+    written = await writer.write(state_account, _build_copy, datatype, call, source, creates, states)
+    outcome = written.outcome
+    context.created_ids.update(outcome.created_ids)
     response = {
         "fromAccountId": account_id(source),
         "accountId": account_id(target),
-        "oldState": encode_state(old_modseq),
-        "newState": encode_state(await datatype.modseq(context, target)),
-        "created": created or None,
-        "notCreated": refused or None,
+        "oldState": encode_state(outcome.old_modseq),
+        "newState": encode_state(
+            written.type_modseq(state_account, datatype.name, outcome.old_modseq)
+        ),
+        **outcome.response,
     }
     if not destroy_original:
         return response
     responses = [(f"{datatype.name}/copy", response)]
     set_arguments = {
-        "accountId": account_id(source), "ifInState": destroy_from_if_in_state, "destroy": copied,
+        "accountId": account_id(source),
+        "ifInState": states.destroy_from_if_in_state,
+        "destroy": outcome.copied,
     }
     try:
-        responses.append(
-            (f"{datatype.name}/set", await standard_set(datatype, max_objects, context, set_arguments))
-        )
+        responses.append((
+            f"{datatype.name}/set",
+            await standard_set(datatype, writer, max_objects, context, set_arguments),
+        ))
     except MethodError as error:
         responses.append(("error", error.arguments()))
     return responses
 
 
+@dataclass(frozen=True)
+class _CopyStates:
+    if_from_in_state: str
+    if_in_state: str
+    destroy_from_if_in_state: str
 
 
-async def _copy_each(datatype, context, target, creates, originals, guard):
+@dataclass
+class _CopyOutcome(_SetOutcome):
+    copied: list = field(default_factory=list)
+
+
+def _build_copy(connection, batch, datatype, call, source, creates, states):
+    call.created_ids = {}
+    from_modseq = datatype.modseq_in(connection, source)
+    if states.if_from_in_state is not None and states.if_from_in_state != encode_state(from_modseq):
+        raise _state_mismatch()
+    old_modseq = datatype.modseq_in(connection, call.account)
+    if states.if_in_state is not None and states.if_in_state != encode_state(old_modseq):
+        raise _state_mismatch()
+    draft = Draft(connection, batch)
+    originals = datatype.read_drafted(
+        draft, call, source, sorted({given["id"] for given in creates.values()})
+    )
     created, refused, copied = {}, {}, []
     for creation_id, given in creates.items():
         try:
@@ -589,10 +706,12 @@ async def _copy_each(datatype, context, target, creates, originals, guard):
                 if name not in datatype.server_set
             }
             properties.update((name, value) for name, value in given.items() if name != "id")
-            created[creation_id] = await datatype.create(context, target, properties, guard)
+            with batch.savepoint():
+                created[creation_id] = datatype.build_create(draft, call, creation_id, properties)
         except SetError as error:
             refused[creation_id] = error.as_json()
         else:
-            context.created_ids[creation_id] = created[creation_id]["id"]
+            call.created_ids[creation_id] = created[creation_id]["id"]
             copied.append(given["id"])
-    return created, refused, copied
+    response = {"created": created or None, "notCreated": refused or None}
+    return _CopyOutcome(old_modseq, dict(call.created_ids), response, copied)

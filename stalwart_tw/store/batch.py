@@ -18,6 +18,7 @@ Batches serialise to msgpack bytes so the Raft log can carry them; decoding
 checks every table, column and value, so a corrupt entry is refused whole.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -40,6 +41,9 @@ INSERT, UPDATE, DELETE = "i", "u", "d"
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+# In a savepoint's undo journal: the key was not there before.
+_ABSENT = object()
 
 # Tables that only apply() (or, for the Raft log, the log itself) writes; a
 # batch may not name them.
@@ -122,6 +126,15 @@ class WriteBatch:
         self.changes = []
         self.blob_references = {}
         self.expected_modseqs = {}
+        # Table name -> its operations in order, covering operations[:_indexed]
+        # of the list _indexed_list; caught up on demand.
+        self._by_table = {}
+        self._indexed = 0
+        self._indexed_list = self.operations
+        # Open savepoints, and while any is open, how to undo each change to
+        # blob_references and expected_modseqs: (mapping, key, old value).
+        self._savepoint_depth = 0
+        self._journal = []
 
     def __repr__(self):
         return (
@@ -200,6 +213,11 @@ class WriteBatch:
         _check_str(blob_hash, "a blob hash")
         if len(blob_hash) > 64:
             raise InvalidBatch(f"not a blob hash: {blob_hash!r}")
+        if self._savepoint_depth:
+            old = self.blob_references.get(blob_hash, _ABSENT)
+            self._journal.append(
+                (self.blob_references, blob_hash, old if old is _ABSENT else list(old))
+            )
         entry = self.blob_references.setdefault(blob_hash, [0, None])
         entry[0] += delta
         if size is not None:
@@ -209,10 +227,70 @@ class WriteBatch:
         """
         Apply this batch only if the account is still at C{modseq}.
         """
-        self.expected_modseqs[_check_int(account_id, "an account id")] = _check_int(
-            modseq, "a modseq"
-        )
+        account_id = _check_int(account_id, "an account id")
+        modseq = _check_int(modseq, "a modseq")
+        if self._savepoint_depth:
+            self._journal.append(
+                (self.expected_modseqs, account_id, self.expected_modseqs.get(account_id, _ABSENT))
+            )
+        self.expected_modseqs[account_id] = modseq
         return self
+
+    @contextmanager
+    def savepoint(self):
+        """
+        Run a block whose additions to the batch are undone if it raises:
+        its operations, change-log records, blob reference deltas and
+        expected modseqs go, the batch is as it was before the block, and
+        the exception propagates. Savepoints nest.
+
+        Only what goes through the batch's methods is undone.
+        """
+        marks = (len(self.operations), len(self.changes), len(self._journal))
+        self._savepoint_depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._roll_back(*marks)
+            raise
+        finally:
+            self._savepoint_depth -= 1
+            if not self._savepoint_depth:
+                # No savepoint left that could roll back what was journaled.
+                self._journal.clear()
+
+    def _roll_back(self, operation_count, change_count, journal_length):
+        self._catch_up_index()
+        for op in reversed(self.operations[operation_count:]):
+            self._by_table[op[1]].pop()
+        del self.operations[operation_count:]
+        self._indexed = operation_count
+        del self.changes[change_count:]
+        while len(self._journal) > journal_length:
+            mapping, key, old = self._journal.pop()
+            if old is _ABSENT:
+                del mapping[key]
+            elif isinstance(old, list):
+                # Restored in place, so the mapping keeps its order.
+                mapping[key][:] = old
+            else:
+                mapping[key] = old
+
+    def operations_on(self, table_name):
+        """
+        @return: a list of the batch's row operations on C{table_name}, in
+            the order they apply.
+        """
+        self._catch_up_index()
+        return list(self._by_table.get(table_name, ()))
+
+    def _catch_up_index(self):
+        if self._indexed_list is not self.operations or self._indexed > len(self.operations):
+            # The list was replaced or cut behind our back: index it afresh.
+            self._by_table, self._indexed, self._indexed_list = {}, 0, self.operations
+        for op in self.operations[self._indexed:]:
+            self._by_table.setdefault(op[1], []).append(op)
+        self._indexed = len(self.operations)
 
     def _as_message(self):
         return {

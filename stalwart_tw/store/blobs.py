@@ -195,14 +195,15 @@ class BlobStore(Service):
         nested_levels,
         temp_ttl,
         store,
-        node,
+        writer,
         clock=None,
         threadpool=None,
         reactor=None,
     ):
         """
         @param store: the L{Store} whose rows say which blobs are alive.
-        @param node: the node through which expiry batches are committed.
+        @param writer: the L{AccountWriter} that upload rows and expiry
+            batches are committed through.
         @param clock: the IReactorTime for expiry and scheduling; the
             reactor by default.
         @param threadpool: a started ThreadPool for file I/O, owned by the
@@ -223,7 +224,7 @@ class BlobStore(Service):
         self.nested_levels = nested_levels
         self.temp_ttl = temp_ttl
         self._store = store
-        self._node = node
+        self._writer = writer
         self._tmp = os.path.join(root, TMP_FOLDER)
         # Temporary files of this instance start with this; startup cleaning
         # removes only the others, so it never races a put of ours.
@@ -454,7 +455,7 @@ class BlobStore(Service):
         blob_hash, size = yield self.put(data)
         try:
             expires_at = int(self._clock.seconds()) + self.temp_ttl
-            yield self._node.commit(
+            yield self._writer.commit(
                 temporary_rows(account_id, principal_id, [blob_hash], expires_at)
             )
         finally:
@@ -600,7 +601,7 @@ class BlobStore(Service):
                     "blob_temp", account_id=account_id, blob_hash=blob_hash,
                     principal_id=principal_id, expires_at=expires_at,
                 )
-            yield self._node.commit(batch)
+            yield self._writer.commit(batch)
         with self._lock:
             self._spared = set(self._in_flight)
         try:

@@ -9,17 +9,16 @@ L{stalwart_tw.store.principal_changes}.
 Design choices:
 
  - The directory is account 0 (L{schema.DIRECTORY_ACCOUNT}). Every write
-   reads the current state, builds one L{WriteBatch} that expects the
-   directory's modseq as read, logs each principal it touches as a
-   C{Principal} change, and commits through C{node.commit}. All of it runs
-   under C{node.serialised(DIRECTORY_ACCOUNT, ...)}, so two directory writes
-   on this node never interleave; a conflict can still come from another
-   node's leader term, and then the write is rebuilt once from fresh state
-   and fails if it conflicts again.
+   goes through the L{AccountWriter} on that account: it reads the current
+   state, builds one L{WriteBatch} that expects the directory's modseq as
+   read, logs each principal it touches as a C{Principal} change, and
+   commits; two directory writes on this node never interleave, and one
+   built on stale state (another node's leader term) is rebuilt once.
  - Everything a follower needs to replay a write is in the batch: the new id
    (max(id) + 1 read while building), the creation time (read from the
    injected clock before building), the Argon2 hash (computed once, before
-   building, so a rebuild does not hash again). Deletes are explicit rows in
+   building, so a rebuild does not hash again; L{Directory.hash_secret} for
+   Principal/set). Deletes are explicit rows in
    the batch (addresses, memberships both ways) rather than relying on the
    database's cascades, so the batch says everything it changes.
  - Validation that needs no data (kinds, name syntax, address syntax, quota,
@@ -61,7 +60,6 @@ from twisted.internet.threads import deferToThreadPool
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
 from stalwart_tw.store.changes import type_modseq
-from stalwart_tw.store.errors import BatchConflict, StateChanged
 from stalwart_tw.store.principal_changes import (
     CHANGE_TYPE,
     DOMAIN,
@@ -85,9 +83,10 @@ from stalwart_tw.store.principal_changes import (
     _check_address,
     _check_changes,
     _check_kind,
+    _check_replace,
     _lookup_name,
     _new_principal,
-    _plan,
+    plan_directory_change,
 )
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
@@ -120,6 +119,13 @@ class Principal:
     quota: int = 0
     timezone: str = None
     created_at: int = 0
+
+
+def changes_directory(apply_result):
+    """
+    @return: whether an applied batch changed any principal.
+    """
+    return CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {})
 
 
 # Reading; these run on the store's reader threads.
@@ -225,10 +231,42 @@ def _load_credentials(connection, login):
     return (principal, secret) if secret else (None, None)
 
 
+def drafted_principal(draft, principal_id):
+    """
+    @return: the L{Principal} of that id as the batch of C{draft} leaves it,
+        or None; and its members' ids by name.
+    """
+    row = draft.first("principals", id=principal_id)
+    if row is None:
+        return None, {}
+    addresses = sorted(
+        (found["address"], bool(found["is_alias"]))
+        for found in draft.rows("principal_emails", principal_id=principal_id)
+    )
+    member_ids = {}
+    for found in draft.rows("principal_members", group_id=principal_id):
+        member = draft.first("principals", id=found["member_id"])
+        if member is not None:
+            member_ids[member["name"]] = member["id"]
+    principal = Principal(
+        id=row["id"],
+        kind=row["kind"],
+        name=row["name"],
+        description=row["description"],
+        email=next((address for address, is_alias in addresses if not is_alias), None),
+        aliases=tuple(address for address, is_alias in addresses if is_alias),
+        members=tuple(sorted(member_ids)),
+        quota=row["quota"],
+        timezone=row["timezone"],
+        created_at=row["created_at"],
+    )
+    return principal, member_ids
+
+
 class Directory:
     """
     The principals of the server, read through the store and written
-    through the node.
+    through the L{AccountWriter}.
 
     @param clock: an L{IReactorTime} for creation times and the
         verification cache; the global reactor by default.
@@ -242,14 +280,14 @@ class Directory:
     log = Logger()
 
     def __init__(
-        self, store, node, clock=None, hash_threadpool=None, password_hasher=None, reactor=None
+        self, store, writer, clock=None, hash_threadpool=None, password_hasher=None, reactor=None
     ):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._store = store
-        self._node = node
+        self._writer = writer
         self._hash_pool = hash_threadpool
         self._hasher = password_hasher if password_hasher is not None else PasswordHasher()
         self._dummy_hash = None
@@ -264,11 +302,12 @@ class Directory:
         # Random per process, so cached digests are useless outside it.
         self._cache_key = secrets.token_bytes(32)
         # Principal changes reach this node by other paths than this
-        # object's writes (other nodes, later); any of them drops the cache.
-        node.add_listener(self._on_applied)
+        # object's writes (Principal/set, other nodes); any of them drops
+        # the cache, before the writer hears its commit succeeded.
+        writer.add_listener(self._on_applied)
 
     def _on_applied(self, result):
-        if CHANGE_TYPE in result.type_states.get(DIRECTORY_ACCOUNT, {}):
+        if changes_directory(result):
             self._cache_generation += 1
             self._verified = {}
             self._snapshots = {}
@@ -349,24 +388,34 @@ class Directory:
 
     # Writing.
 
+    def modseq(self):
+        """
+        @return: a Deferred firing with the directory's Principal modseq.
+        """
+        return self._store.read(type_modseq, DIRECTORY_ACCOUNT, CHANGE_TYPE)
+
+    def now(self):
+        """
+        @return: the time, in whole seconds, that creations are stamped with.
+        """
+        return int(self._clock.seconds())
+
     @inlineCallbacks
     def create_principal(
         self, kind, name, secret=None, description=None, email=None,
-        aliases=(), members=(), quota=0, timezone=None, if_modseq=None,
+        aliases=(), members=(), quota=0, timezone=None,
     ):
         """
         Create a principal.
 
-        @param if_modseq: write only if the directory is still at this
-            modseq, else fail with L{StateChanged} (as replace and delete).
         @return: a Deferred firing with the new L{Principal}.
         """
         new = _new_principal(
             kind, name, secret, description, email, aliases, members, quota, timezone
         )
         secret_hash = (yield self._hash(secret)) if secret is not None else None
-        new = replace(new, secret_hash=secret_hash, created_at=int(self._clock.seconds()))
-        principal = yield self._write(_build_create, new, if_modseq=if_modseq)
+        new = replace(new, secret_hash=secret_hash, created_at=self.now())
+        principal = yield self._write(_build_create, new)
         self.log.info("directory: created {kind} {name!r}", kind=new.kind, name=new.name)
         return principal
 
@@ -392,7 +441,7 @@ class Directory:
         return principal
 
     @inlineCallbacks
-    def replace(self, name, /, changes=None, addresses=None, members=None, if_modseq=None):
+    def replace(self, name, /, changes=None, addresses=None, members=None):
         """
         Change a principal as one atomic write: the fields C{update} takes
         (but C{email}), its whole set of addresses, and its whole
@@ -404,28 +453,16 @@ class Directory:
         @return: a Deferred firing with the updated L{Principal}.
         """
         name = _lookup_name(name)
-        changes = _check_changes(dict(changes)) if changes else {}
-        if "email" in changes:
-            raise InvalidPrincipal("give the primary address in addresses, not in changes")
-        if addresses is not None:
-            email, aliases = addresses
-            addresses = (
-                None if email is None else _check_address(email)[0],
-                [_check_address(alias)[0] for alias in aliases],
-            )
-        if members is not None:
-            members = [_lookup_name(member) for member in members]
+        changes, addresses, members = _check_replace(changes, addresses, members)
         if "secret" in changes:
             secret = changes.pop("secret")
             changes["secret_hash"] = (yield self._hash(secret)) if secret is not None else None
-        principal = yield self._write(
-            _build_replace, name, changes, addresses, members, if_modseq=if_modseq
-        )
+        principal = yield self._write(_build_replace, name, changes, addresses, members)
         self.log.info("directory: changed {name!r}", name=name)
         return principal
 
     @inlineCallbacks
-    def delete(self, name, if_modseq=None):
+    def delete(self, name):
         """
         Delete a principal with its addresses and memberships. A domain
         is only deleted once no address uses it.
@@ -433,7 +470,7 @@ class Directory:
         @return: a Deferred firing with None.
         """
         name = _lookup_name(name)
-        yield self._write(_build_delete, name, if_modseq=if_modseq)
+        yield self._write(_build_delete, name)
         self.log.info("directory: deleted {name!r}", name=name)
 
     def add_alias(self, name, address):
@@ -467,36 +504,15 @@ class Directory:
             return fail(error)
         return self._write(build, *args)
 
-    def _write(self, build, *args, if_modseq=None):
-        return self._node.serialised(
-            DIRECTORY_ACCOUNT, self._write_locked, build, args, if_modseq
-        )
-
     @inlineCallbacks
-    def _write_locked(self, build, args, if_modseq):
-        for attempt in (1, 2):
-            batch, principal_id = yield self._store.read(_plan, build, args)
-            if if_modseq is not None and batch.expected_modseqs[DIRECTORY_ACCOUNT] != if_modseq:
-                raise StateChanged("the directory changed since the state the client gave")
-            changed = {int(change[2]) for change in batch.changes if change[1] == CHANGE_TYPE}
-            # Before and after: a verification that overlaps the commit is
-            # neither served from the cache nor added to it.
-            self._forget(changed)
-            try:
-                yield self._node.commit(batch)
-            except BatchConflict:
-                if if_modseq is not None:
-                    raise StateChanged("the directory changed while the write was built")
-                if attempt == 2:
-                    raise
-                self.log.info("directory: write built on stale state; rebuilding it")
-                continue
-            finally:
-                self._forget(changed)
-            if principal_id is None:
-                return None
-            principal = yield self._store.read(_load_one, schema.principals.c.id == principal_id)
-            return principal
+    def _write(self, build, *args):
+        written = yield self._writer.write(
+            DIRECTORY_ACCOUNT, plan_directory_change, build, args
+        )
+        if written.outcome is None:
+            return None
+        principal = yield self._store.read(_load_one, schema.principals.c.id == written.outcome)
+        return principal
 
     # Secrets.
 
@@ -506,6 +522,13 @@ class Directory:
 
     def _hash(self, secret):
         return self._in_thread(self._hasher.hash, secret)
+
+    def hash_secret(self, secret):
+        """
+        @return: a Deferred firing with the Argon2id hash of C{secret},
+            computed on the hash threads.
+        """
+        return self._hash(secret)
 
     def _verify(self, secret_hash, password):
         # Runs on a hash thread.
@@ -576,16 +599,6 @@ class Directory:
                 # Oldest first: dicts keep insertion order.
                 del self._verified[next(iter(self._verified))]
         self._verified[key] = (principal, now + CACHE_SECONDS)
-
-    def _forget(self, principal_ids):
-        self._cache_generation += 1
-        self._snapshots = {}
-        if principal_ids:
-            self._verified = {
-                key: entry
-                for key, entry in self._verified.items()
-                if entry[0].id not in principal_ids
-            }
 
     @inlineCallbacks
     def ensure_admin(self, secret=None):

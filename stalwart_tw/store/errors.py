@@ -30,6 +30,17 @@ class BatchConflict(StoreError):
         super().__init__(f"batch built on stale state of accounts {list(self.accounts)}")
 
 
+class NodeStopping(Exception):
+    """
+    The node is shutting down and accepts no new write.
+
+    Not a L{StoreError}: the store is fine, the node refuses the write before
+    it reaches it. It lives here, beside the other ways a write can fail, so
+    that the layers above the node (jmap/, writer.py) can name it without
+    importing cluster/.
+    """
+
+
 class StateChanged(StoreError):
     """
     A write made on condition that the state was still the one a client

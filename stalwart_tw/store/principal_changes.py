@@ -2,12 +2,14 @@
 Principal changes: a requested directory change turned into a L{WriteBatch}
 against the state read.
 
-Pure functions on a database connection, run by
-L{stalwart_tw.store.directory.Directory} on the store's reader threads: the
-rules that need no data check a request before anything is read; a builder
-then reads what its rules need through the connection, fills one batch, and
-raises a L{DirectoryError} subclass naming the offending value when a rule
-is broken. The design choices they keep are told in
+Pure functions on a L{Draft} (a read transaction, with the batch being
+built laid over it), run on the store's reader threads by the
+L{AccountWriter}, for the L{Directory}'s writes and for Principal/set
+alike: the rules that need no data check a request before anything is
+read; a builder then reads what its rules need through the draft, fills
+the batch, and raises a L{DirectoryError} subclass naming the offending
+value when a rule is broken. Several builders may fill one batch (a
+Principal/set of many objects): each sees what the ones before it did. The design choices they keep are told in
 L{stalwart_tw.store.directory}.
 
 The kinds, limits and errors of the directory live here because the rules
@@ -21,8 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from stalwart_tw.store import schema
-from stalwart_tw.store.batch import WriteBatch
-from stalwart_tw.store.changes import account_modseq
+from stalwart_tw.store.draft import Draft
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
 
 INDIVIDUAL, GROUP, LIST, DOMAIN = "individual", "group", "list", "domain"
@@ -241,49 +242,88 @@ def _check_changes(changes):
     return checked
 
 
-# Rules that need data; these read through the builder's connection.
+def _check_replace(changes, addresses, members):
+    """
+    Validate a replace request (L{_build_replace}) before anything is read.
+
+    @return: C{(changes, addresses, members)}, normalised.
+    """
+    changes = _check_changes(dict(changes)) if changes else {}
+    if "email" in changes:
+        raise InvalidPrincipal("give the primary address in addresses, not in changes")
+    if addresses is not None:
+        email, aliases = addresses
+        addresses = (
+            None if email is None else _check_address(email)[0],
+            [_check_address(alias)[0] for alias in aliases],
+        )
+    if members is not None:
+        members = [_lookup_name(member) for member in members]
+    return changes, addresses, members
 
 
-def _require(connection, name):
-    p = schema.principals
-    row = connection.execute(select(p.c.id, p.c.kind, p.c.name).where(p.c.name == name)).first()
+# Rules that need data; these read through the builder's Draft, so that
+# each sees what the batch built so far (a principal created before it in
+# the same batch, an address another object of it released).
+
+
+@dataclass(frozen=True)
+class _Row:
+    # The fields of a principal that membership rules look at.
+    id: int
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class _Owner:
+    principal_id: int
+    name: str
+    is_alias: bool
+
+
+def _row(found):
+    return None if found is None else _Row(found["id"], found["kind"], found["name"])
+
+
+def _require(draft, name):
+    row = _row(draft.first("principals", name=name))
     if row is None:
         raise PrincipalNotFound(f"no principal named {name!r}")
     return row
 
 
-def _owner_of(connection, address):
+def _owner_of(draft, address):
     """
-    @return: C{(principal id, principal name, is_alias)} or None.
+    @return: the L{_Owner} of C{address}, or None.
     """
-    e, p = schema.principal_emails, schema.principals
-    return connection.execute(
-        select(e.c.principal_id, p.c.name, e.c.is_alias)
-        .join(p, p.c.id == e.c.principal_id)
-        .where(e.c.address == address)
-    ).first()
+    found = draft.first("principal_emails", address=address)
+    if found is None:
+        return None
+    owner = draft.first("principals", id=found["principal_id"])
+    return _Owner(found["principal_id"], owner["name"], bool(found["is_alias"]))
 
 
-def _addresses_in_domain(connection, domain):
+def _addresses_in_domain(draft, domain):
     e = schema.principal_emails
-    pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return connection.execute(
-        select(e.c.address).where(e.c.address.like(pattern, escape="\\")).order_by(e.c.address)
-    ).scalars().all()
+    suffix = "@" + domain
+    pattern = "%" + suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    rows = draft.select(
+        "principal_emails",
+        e.c.address.like(pattern, escape="\\"),
+        lambda row: row["address"].endswith(suffix),
+    )
+    return sorted(row["address"] for row in rows)
 
 
-def _check_address_free(connection, address, principal_id, name):
+def _check_address_free(draft, address, principal_id, name):
     """
     Refuse an address whose domain is not ours or that is already used.
     """
     domain = address.rpartition("@")[2]
-    p = schema.principals
-    is_domain = connection.execute(
-        select(p.c.id).where((p.c.name == domain) & (p.c.kind == DOMAIN))
-    ).first()
-    if is_domain is None:
+    if draft.first("principals", name=domain, kind=DOMAIN) is None:
         raise InvalidPrincipal(f"{address}: {domain!r} is not a domain of this directory")
-    owner = _owner_of(connection, address)
+    owner = _owner_of(draft, address)
     if owner is None:
         return
     if owner.principal_id == principal_id:
@@ -291,14 +331,14 @@ def _check_address_free(connection, address, principal_id, name):
     raise AddressInUse(f"{address} is already used by {owner.name!r}")
 
 
-def _refuse_domain_in_use(connection, domain, doing):
-    in_use = _addresses_in_domain(connection, domain)
+def _refuse_domain_in_use(draft, domain, doing):
+    in_use = _addresses_in_domain(draft, domain)
     if in_use:
         shown = ", ".join(in_use[:5]) + (f" and {len(in_use) - 5} more" if len(in_use) > 5 else "")
         raise AddressInUse(f"cannot {doing} domain {domain!r}: addresses still use it: {shown}")
 
 
-def _contains(connection, group_id, wanted_id):
+def _contains(draft, group_id, wanted_id):
     """
     @return: whether C{wanted_id} is among the members of C{group_id},
         directly or through nested groups.
@@ -306,11 +346,15 @@ def _contains(connection, group_id, wanted_id):
     m = schema.principal_members
     seen, frontier = set(), {group_id}
     while frontier:
-        found = set(
-            connection.execute(
-                select(m.c.member_id).where(m.c.group_id.in_(sorted(frontier)))
-            ).scalars()
-        )
+        groups = frozenset(frontier)
+        found = {
+            row["member_id"]
+            for row in draft.select(
+                "principal_members",
+                m.c.group_id.in_(sorted(groups)),
+                lambda row, groups=groups: row["group_id"] in groups,
+            )
+        }
         if wanted_id in found:
             return True
         seen |= frontier
@@ -318,7 +362,7 @@ def _contains(connection, group_id, wanted_id):
     return False
 
 
-def _check_member(connection, group, member):
+def _check_member(draft, group, member):
     allowed = MEMBER_KINDS.get(group.kind)
     if allowed is None:
         raise InvalidPrincipal(
@@ -331,50 +375,48 @@ def _check_member(connection, group, member):
             f"{member.name!r} is a {member.kind}; "
             f"a {group.kind} holds only {' and '.join(allowed)}s"
         )
-    if member.kind == GROUP and _contains(connection, member.id, group.id):
+    if member.kind == GROUP and _contains(draft, member.id, group.id):
         raise InvalidPrincipal(
             f"{group.name!r} cannot hold {member.name!r}: {member.name!r} already contains it"
         )
 
 
-def _is_member(connection, group_id, member_id):
-    m = schema.principal_members
-    return connection.execute(
-        select(m.c.group_id).where((m.c.group_id == group_id) & (m.c.member_id == member_id))
-    ).first() is not None
+def _is_member(draft, group_id, member_id):
+    return draft.first("principal_members", group_id=group_id, member_id=member_id) is not None
 
 
-# Building batches: each builder reads through the connection, fills the
-# batch, and returns the id of the principal whose new state the caller
-# gets back (None when it is gone).
+# Building batches: each builder reads through a Draft, fills its batch,
+# and returns the id of the principal whose new state the caller gets back
+# (None when it is gone).
 
 
-def _plan(connection, build, args):
-    batch = WriteBatch()
-    batch.expect_modseq(DIRECTORY_ACCOUNT, account_modseq(connection, DIRECTORY_ACCOUNT))
-    principal_id = build(connection, batch, *args)
-    return batch, principal_id
+def plan_directory_change(connection, batch, build, args):
+    """
+    The builder of one directory write for the L{AccountWriter}: C{build}
+    with a L{Draft} over the batch.
+    """
+    return build(Draft(connection, batch), *args)
 
 
 def _log(batch, principal_id, kind):
     batch.log_change(DIRECTORY_ACCOUNT, CHANGE_TYPE, str(principal_id), kind)
 
 
-def _build_create(connection, batch, new):
-    p = schema.principals
-    if connection.execute(select(p.c.id).where(p.c.name == new.name)).first() is not None:
+def _build_create(draft, new):
+    batch = draft.batch
+    if draft.first("principals", name=new.name) is not None:
         raise PrincipalExists(f"a principal named {new.name!r} already exists")
-    principal_id = _next_principal_id(connection, batch)
+    principal_id = _next_principal_id(draft)
     addresses = ([(new.email, False)] if new.email else []) + [(a, True) for a in new.aliases]
     for address, _ in addresses:
-        _check_address_free(connection, address, principal_id, new.name)
+        _check_address_free(draft, address, principal_id, new.name)
     group = _Row(id=principal_id, kind=new.kind, name=new.name)
     member_ids = []
     for member_name in new.members:
         if member_name == new.name:
             raise InvalidPrincipal(f"{new.name!r} cannot be a member of itself")
-        member = _require(connection, member_name)
-        _check_member(connection, group, member)
+        member = _require(draft, member_name)
+        _check_member(draft, group, member)
         member_ids.append(member.id)
     batch.insert(
         "principals", id=principal_id, kind=new.kind, name=new.name,
@@ -391,41 +433,31 @@ def _build_create(connection, batch, new):
     return principal_id
 
 
-def _next_principal_id(connection, batch):
+def _next_principal_id(draft):
     # Ids of destroyed principals are never reused: a new account must not
-    # inherit data still keyed by an old one's id.
-    sequences = schema.id_sequences
-    last = connection.execute(
-        select(sequences.c.last_value).where(sequences.c.name == CHANGE_TYPE)
-    ).scalar()
-    highest = connection.execute(select(func.max(schema.principals.c.id))).scalar() or 0
+    # inherit data still keyed by an old one's id. The sequence row the
+    # batch itself moved counts, so several creates in one batch differ.
+    sequence = draft.first("id_sequences", name=CHANGE_TYPE)
+    last = None if sequence is None else sequence["last_value"]
+    highest = draft.connection.execute(select(func.max(schema.principals.c.id))).scalar() or 0
     principal_id = max(last or 0, highest) + 1
     if last is None:
-        batch.insert("id_sequences", name=CHANGE_TYPE, last_value=principal_id)
+        draft.batch.insert("id_sequences", name=CHANGE_TYPE, last_value=principal_id)
     else:
-        batch.update("id_sequences", {"name": CHANGE_TYPE}, last_value=principal_id)
+        draft.batch.update("id_sequences", {"name": CHANGE_TYPE}, last_value=principal_id)
     return principal_id
 
 
-@dataclass(frozen=True)
-class _Row:
-    # The fields of a principal that membership rules look at, for one not
-    # yet in the database.
-    id: int
-    kind: str
-    name: str
-
-
-def _build_update(connection, batch, name, changes):
-    row = _require(connection, name)
+def _build_update(draft, name, changes):
+    row = _require(draft, name)
     values = {}
     if "name" in changes:
         new_name = _check_name(row.kind, changes["name"])
         if new_name != row.name:
-            if _principal_id(connection, new_name) is not None:
+            if draft.first("principals", name=new_name) is not None:
                 raise PrincipalExists(f"a principal named {new_name!r} already exists")
             if row.kind == DOMAIN:
-                _refuse_domain_in_use(connection, row.name, "rename")
+                _refuse_domain_in_use(draft, row.name, "rename")
             values["name"] = new_name
     if "secret_hash" in changes:
         if row.kind != INDIVIDUAL and changes["secret_hash"] is not None:
@@ -437,48 +469,42 @@ def _build_update(connection, batch, name, changes):
         if field in changes:
             values[field] = changes[field]
     if "email" in changes:
-        _set_primary(connection, batch, row, changes["email"])
+        _set_primary(draft, row, changes["email"])
     if values:
-        batch.update("principals", {"id": row.id}, **values)
-    _log(batch, row.id, "updated")
+        draft.batch.update("principals", {"id": row.id}, **values)
+    _log(draft.batch, row.id, "updated")
     return row.id
 
 
-def _principal_id(connection, name):
-    p = schema.principals
-    return connection.execute(select(p.c.id).where(p.c.name == name)).scalar()
-
-
-def _set_primary(connection, batch, row, address):
+def _set_primary(draft, row, address):
     if row.kind == DOMAIN and address is not None:
         raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
-    e = schema.principal_emails
-    current = connection.execute(
-        select(e.c.address).where((e.c.principal_id == row.id) & e.c.is_alias.is_(False))
-    ).scalar()
+    found = draft.first("principal_emails", principal_id=row.id, is_alias=False)
+    current = None if found is None else found["address"]
     if address == current:
         return
+    batch = draft.batch
     if address is not None:
-        owner = _owner_of(connection, address)
+        owner = _owner_of(draft, address)
         if owner is not None and owner.principal_id == row.id:
             # One of its own aliases becomes the primary address.
             batch.delete("principal_emails", address=address)
         else:
-            _check_address_free(connection, address, row.id, row.name)
+            _check_address_free(draft, address, row.id, row.name)
     if current is not None:
         batch.delete("principal_emails", address=current)
     if address is not None:
         batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=False)
 
 
-def _build_delete(connection, batch, name):
-    row = _require(connection, name)
+def _build_delete(draft, name):
+    row = _require(draft, name)
     if row.kind == DOMAIN:
-        _refuse_domain_in_use(connection, row.name, "delete")
-    m = schema.principal_members
-    containers = connection.execute(
-        select(m.c.group_id).where(m.c.member_id == row.id).order_by(m.c.group_id)
-    ).scalars().all()
+        _refuse_domain_in_use(draft, row.name, "delete")
+    containers = sorted(
+        found["group_id"] for found in draft.rows("principal_members", member_id=row.id)
+    )
+    batch = draft.batch
     batch.delete("principal_emails", principal_id=row.id)
     batch.delete("principal_members", group_id=row.id)
     batch.delete("principal_members", member_id=row.id)
@@ -489,71 +515,69 @@ def _build_delete(connection, batch, name):
     return None
 
 
-def _build_add_alias(connection, batch, name, address):
-    row = _require(connection, name)
+def _build_add_alias(draft, name, address):
+    row = _require(draft, name)
     if row.kind == DOMAIN:
         raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
-    _check_address_free(connection, address, row.id, row.name)
-    batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=True)
-    _log(batch, row.id, "updated")
+    _check_address_free(draft, address, row.id, row.name)
+    draft.batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=True)
+    _log(draft.batch, row.id, "updated")
     return row.id
 
 
-def _build_remove_alias(connection, batch, name, address):
-    row = _require(connection, name)
-    owner = _owner_of(connection, address)
+def _build_remove_alias(draft, name, address):
+    row = _require(draft, name)
+    owner = _owner_of(draft, address)
     if owner is None or owner.principal_id != row.id:
         raise InvalidPrincipal(f"{address} is not an alias of {row.name!r}")
     if not owner.is_alias:
         raise InvalidPrincipal(
             f"{address} is the primary address of {row.name!r}; change it with update(email=...)"
         )
-    batch.delete("principal_emails", address=address)
-    _log(batch, row.id, "updated")
+    draft.batch.delete("principal_emails", address=address)
+    _log(draft.batch, row.id, "updated")
     return row.id
 
 
-def _build_add_member(connection, batch, group_name, member_name):
-    group = _require(connection, group_name)
-    member = _require(connection, member_name)
-    _check_member(connection, group, member)
-    if _is_member(connection, group.id, member.id):
+def _build_add_member(draft, group_name, member_name):
+    group = _require(draft, group_name)
+    member = _require(draft, member_name)
+    _check_member(draft, group, member)
+    if _is_member(draft, group.id, member.id):
         raise InvalidPrincipal(f"{member.name!r} is already a member of {group.name!r}")
-    batch.insert("principal_members", group_id=group.id, member_id=member.id)
-    _log(batch, group.id, "updated")
+    draft.batch.insert("principal_members", group_id=group.id, member_id=member.id)
+    _log(draft.batch, group.id, "updated")
     return group.id
 
 
-def _build_remove_member(connection, batch, group_name, member_name):
-    group = _require(connection, group_name)
-    member = _require(connection, member_name)
-    if not _is_member(connection, group.id, member.id):
+def _build_remove_member(draft, group_name, member_name):
+    group = _require(draft, group_name)
+    member = _require(draft, member_name)
+    if not _is_member(draft, group.id, member.id):
         raise InvalidPrincipal(f"{member.name!r} is not a member of {group.name!r}")
-    batch.delete("principal_members", group_id=group.id, member_id=member.id)
-    _log(batch, group.id, "updated")
+    draft.batch.delete("principal_members", group_id=group.id, member_id=member.id)
+    _log(draft.batch, group.id, "updated")
     return group.id
 
 
-def _build_set_addresses(connection, batch, name, email, aliases):
+def _build_set_addresses(draft, name, email, aliases):
     """
     Make C{email} (or none) and C{aliases} the principal's whole set of
     addresses: one of its aliases may become the primary and the other way
     round, in one batch.
     """
-    row = _require(connection, name)
+    row = _require(draft, name)
     wanted = ([(email, False)] if email is not None else []) + [(a, True) for a in aliases]
     addresses = [address for address, _ in wanted]
     if len(set(addresses)) != len(addresses):
         raise InvalidPrincipal(f"an address of {row.name!r} is given twice")
     if row.kind == DOMAIN and wanted:
         raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
-    e = schema.principal_emails
-    current = set(
-        connection.execute(select(e.c.address).where(e.c.principal_id == row.id)).scalars()
-    )
+    current = {found["address"] for found in draft.rows("principal_emails", principal_id=row.id)}
     for address in addresses:
         if address not in current:
-            _check_address_free(connection, address, row.id, row.name)
+            _check_address_free(draft, address, row.id, row.name)
+    batch = draft.batch
     for address in sorted(current):
         batch.delete("principal_emails", address=address)
     for address, is_alias in wanted:
@@ -562,14 +586,15 @@ def _build_set_addresses(connection, batch, name, email, aliases):
     return row.id
 
 
-def _build_set_members(connection, batch, name, member_names):
+def _build_set_members(draft, name, member_names):
     """
     Make C{member_names} the whole membership of a group or list.
     """
-    group = _require(connection, name)
-    members = [_require(connection, member_name) for member_name in member_names]
+    group = _require(draft, name)
+    members = [_require(draft, member_name) for member_name in member_names]
     for member in members:
-        _check_member(connection, group, member)
+        _check_member(draft, group, member)
+    batch = draft.batch
     batch.delete("principal_members", group_id=group.id)
     for member_id in sorted({member.id for member in members}):
         batch.insert("principal_members", group_id=group.id, member_id=member_id)
@@ -577,17 +602,17 @@ def _build_set_members(connection, batch, name, member_names):
     return group.id
 
 
-def _build_replace(connection, batch, name, changes, addresses, member_names):
+def _build_replace(draft, name, changes, addresses, member_names):
     """
     Several changes to one principal in one batch: addresses and members
     first (they find the principal by its current name), then the fields
     of L{_build_update}, a rename included.
     """
-    principal_id = _require(connection, name).id
+    principal_id = _require(draft, name).id
     if addresses is not None:
-        _build_set_addresses(connection, batch, name, *addresses)
+        _build_set_addresses(draft, name, *addresses)
     if member_names is not None:
-        _build_set_members(connection, batch, name, member_names)
+        _build_set_members(draft, name, member_names)
     if changes:
-        _build_update(connection, batch, name, changes)
+        _build_update(draft, name, changes)
     return principal_id
