@@ -112,8 +112,8 @@ class Notes(WritableType):
     def modseq(self, context, account):
         return self._store.read(type_modseq, account, NOTE)
 
-    def changes(self, context, account, since_modseq, max_changes, extra=None):
-        return self._store.read(changes_since, account, NOTE, since_modseq, max_changes)
+    def changes(self, context, account, since, max_changes, extra=None):
+        return self._store.read(changes_since, account, NOTE, since, max_changes)
 
     def read_drafted(self, draft, call, account, ids):
         found = {}

@@ -58,10 +58,10 @@ class NodeServiceMixin:
     """
 
     @inlineCallbacks
-    def start(self, settings):
-        from stalwart_tw.service import NodeService
+    def start(self, settings, extensions=None):
+        from stalwart_tw.service import EXTENSIONS, NodeService
 
-        service = NodeService(settings)
+        service = NodeService(settings, extensions=EXTENSIONS if extensions is None else extensions)
         # Argon2 at production cost makes the suite slow and proves nothing more.
         service.directory._hasher = cheap_hasher()
         service.privilegedStartService()
@@ -78,9 +78,9 @@ class NodeServiceMixin:
         return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
     @inlineCallbacks
-    def start_with_client(self, **overrides):
+    def start_with_client(self, extensions=None, **overrides):
         """Start a node with these settings; C{self.base} is its URL."""
-        self.service = yield self.start(node_settings(self, **overrides))
+        self.service = yield self.start(node_settings(self, **overrides), extensions)
         self.base = f"http://127.0.0.1:{self.service.ports['JMAP'].getHost().port}"
         self.http = self.client()
         return self.service

@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from stalwart_tw.jmap.principal import principal_id, principal_number
 from stalwart_tw.jmap.session import account_id
+from stalwart_tw.store.changes import decode_state
 from stalwart_tw.store.principal_changes import (
     _build_create,
     _new_principal,
@@ -459,6 +460,140 @@ class PrincipalSetTests(PrincipalTestCase):
         document = yield response.json()
         created = document["methodResponses"][0][1]["created"]["k1"]["id"]
         self.assertEqual(document["createdIds"], {"k1": created})
+
+
+class PrincipalOneBatchTests(PrincipalTestCase):
+    """
+    A Principal/set is one batch: one commit however many objects, each
+    object seeing those built before it, refused ones left out.
+    """
+
+    def set_call(self, arguments):
+        return self.one(
+            self.as_admin, "Principal/set", {"accountId": account_id(self.admin.id), **arguments}
+        )
+
+    @defer.inlineCallbacks
+    def test_twenty_creates_one_commit(self):
+        """Twenty creates move the applied index by exactly one, and the state by one."""
+        before = self.service.node.applied_index
+        creates = {f"k{n}": {"type": "individual", "name": f"user{n}"} for n in range(20)}
+        _, result, _ = yield self.set_call({"create": creates})
+        self.assertEqual(len(result["created"]), 20)
+        self.assertEqual(self.service.node.applied_index, before + 1)
+        self.assertEqual(decode_state(result["newState"]), decode_state(result["oldState"]) + 1)
+        ids = {created["id"] for created in result["created"].values()}
+        self.assertEqual(len(ids), 20)
+        _, changes, _ = yield self.one(self.as_admin, "Principal/changes", {
+            "accountId": account_id(self.admin.id), "sinceState": result["oldState"]})
+        self.assertEqual(set(changes["created"]), ids)
+        self.assertEqual(changes["newState"], result["newState"])
+
+    @defer.inlineCallbacks
+    def test_changes_page_through_one_call(self):
+        """A client with a small maxChanges pages through one big /set, nothing lost."""
+        creates = {f"k{n}": {"type": "individual", "name": f"user{n}"} for n in range(12)}
+        _, result, _ = yield self.set_call({"create": creates})
+        state, pages, seen = result["oldState"], [], []
+        while True:
+            _, page, _ = yield self.one(self.as_admin, "Principal/changes", {
+                "accountId": account_id(self.admin.id), "sinceState": state, "maxChanges": 5})
+            pages.append(len(page["created"]))
+            seen.extend(page["created"])
+            state = page["newState"]
+            if not page["hasMoreChanges"]:
+                break
+        self.assertEqual(pages, [5, 5, 2])
+        self.assertEqual(sorted(seen), sorted(c["id"] for c in result["created"].values()))
+        self.assertEqual(state, result["newState"])
+
+    @defer.inlineCallbacks
+    def test_refused_objects_left_out(self):
+        """Refused objects are reported and leave nothing behind; the rest is one commit."""
+        before = self.service.node.applied_index
+        _, result, _ = yield self.set_call({"create": {
+            "good1": {"type": "individual", "name": "carol", "email": "carol@example.org"},
+            "spaced": {"type": "individual", "name": "has space", "email": "x@example.org"},
+            "taken": {"type": "individual", "name": "jane"},
+            "stolen": {"type": "individual", "name": "mallory", "email": "carol@example.org"},
+            "good2": {"type": "individual", "name": "dave"},
+        }})
+        self.assertEqual(sorted(result["created"]), ["good1", "good2"])
+        self.assertEqual(sorted(result["notCreated"]), ["spaced", "stolen", "taken"])
+        self.assertEqual(result["notCreated"]["taken"]["properties"], ["name"])
+        self.assertEqual(result["notCreated"]["stolen"]["properties"], ["email", "aliases"])
+        self.assertEqual(self.service.node.applied_index, before + 1)
+        self.assertIsNone((yield self.service.directory.get("mallory")))
+        # The address of the refused object was never taken.
+        self.assertIsNone((yield self.service.directory.lookup_address("x@example.org")))
+
+    @defer.inlineCallbacks
+    def test_later_objects_see_earlier_ones(self):
+        """A domain, an address in it, a group of a new member, a rename and its old name: one call."""
+        _, result, _ = yield self.set_call({
+            "create": {
+                "dom": {"type": "domain", "name": "new.org"},
+                "carol": {"type": "individual", "name": "carol", "email": "carol@new.org"},
+                "team": {"type": "group", "name": "team", "members": ["#carol"]},
+                "again": {"type": "individual", "name": "carol"},
+                "bob2": {"type": "individual", "name": "bobby"},
+            },
+            "update": {
+                "#carol": {"description": "new here", "aliases": ["c@new.org"]},
+                principal_id(self.bob.id): {"name": "robert"},
+            },
+        })
+        self.assertEqual(sorted(result["created"]), ["bob2", "carol", "dom", "team"])
+        self.assertEqual(result["notCreated"]["again"]["properties"], ["name"])
+        carol_id = result["created"]["carol"]["id"]
+        self.assertEqual(sorted(result["updated"]), sorted([carol_id, principal_id(self.bob.id)]))
+        carol = yield self.service.directory.get("carol")
+        self.assertEqual((carol.email, carol.aliases, carol.description),
+                         ("carol@new.org", ("c@new.org",), "new here"))
+        team = yield self.service.directory.get("team")
+        self.assertEqual(team.members, ("carol",))
+        self.assertIsNone((yield self.service.directory.get("bob")))
+        self.assertEqual((yield self.service.directory.get("robert")).id, self.bob.id)
+
+    @defer.inlineCallbacks
+    def test_create_then_destroy_in_one_call(self):
+        """A destroy sees a principal created earlier in the call, and the group it joined."""
+        _, result, _ = yield self.set_call({
+            "create": {"tmp": {"type": "individual", "name": "temp"},
+                       "crew": {"type": "group", "name": "crew", "members": ["#tmp"]}},
+            "destroy": ["#tmp"],
+        })
+        self.assertEqual(sorted(result["created"]), ["crew", "tmp"])
+        self.assertEqual(result["destroyed"], [result["created"]["tmp"]["id"]])
+        self.assertIsNone((yield self.service.directory.get("temp")))
+        self.assertEqual((yield self.service.directory.get("crew")).members, ())
+
+    @defer.inlineCallbacks
+    def test_all_refused_commits_nothing(self):
+        """A /set whose every object is refused commits no batch; its state stays."""
+        before = self.service.node.applied_index
+        _, result, _ = yield self.set_call({"create": {"k": {"type": "individual", "name": "jane"}}})
+        self.assertEqual(list(result["notCreated"]), ["k"])
+        self.assertEqual(result["newState"], result["oldState"])
+        self.assertEqual(self.service.node.applied_index, before)
+
+    @defer.inlineCallbacks
+    def test_each_secret_to_its_principal(self):
+        """Secrets set in one call are hashed for the right principals, updates by reference too."""
+        _, result, _ = yield self.set_call({
+            "create": {"a": {"type": "individual", "name": "anna", "secret": "anna-secret"},
+                       "b": {"type": "individual", "name": "ben", "secret": "ben-secret"}},
+            "update": {"#b": {"secret": "ben-second"},
+                       principal_id(self.jane.id): {"secret": "jane-second"}},
+        })
+        self.assertEqual(len(result["updated"]), 2)
+        directory = self.service.directory
+        self.assertIsNotNone((yield directory.authenticate("anna", "anna-secret")))
+        self.assertIsNone((yield directory.authenticate("anna", "ben-secret")))
+        self.assertIsNone((yield directory.authenticate("ben", "ben-secret")))
+        self.assertIsNotNone((yield directory.authenticate("ben", "ben-second")))
+        self.assertIsNotNone((yield directory.authenticate("jane", "jane-second")))
+        self.assertIsNone((yield directory.authenticate("jane", "jane-pw")))
 
 
 class PrincipalSetLimitTests(PrincipalTestCase):

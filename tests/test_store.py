@@ -378,9 +378,28 @@ class ChangeLogTests(StoreTestMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_one_batch_over_the_limit(self):
-        """When the first batch alone exceeds the limit, TooManyChanges."""
+        """When the first batch alone exceeds the limit, the page ends inside it."""
         yield self.commit_changes(("a", "created"), ("b", "created"), ("c", "created"))
-        yield self.assertFailure(self.since(0, max_changes=2), changes.TooManyChanges)
+        yield self.commit_changes(("a", "updated"), ("d", "created"))
+        first = yield self.since(0, max_changes=2)
+        self.assertEqual((first.created, first.has_more), (["a", "b"], True))
+        point = (first.new_modseq, first.new_skip)
+        self.assertEqual(point, (0, 2))
+        self.assertEqual(changes.encode_state(*point), "0.2")
+        rest = yield self.since(changes.decode_point("0.2"), max_changes=2)
+        self.assertEqual((rest.created, rest.new_modseq, rest.has_more), (["c"], 1, True))
+        last = yield self.since(rest.new_modseq, max_changes=2)
+        self.assertEqual((last.created, last.updated, last.has_more), (["d"], ["a"], False))
+
+    @defer.inlineCallbacks
+    def test_points_never_issued(self):
+        """An intermediate state past the objects of its modseq is refused."""
+        yield self.commit_changes(("a", "created"), ("b", "created"))
+        yield self.commit_changes(("c", "created"))
+        for point in (changes.ChangePoint(0, 2), changes.ChangePoint(1, 5)):
+            yield self.assertFailure(self.since(point), changes.ChangesUnavailable)
+        for text in ("0.0", "1.", ".1", "1.x", "1.2.3"):
+            self.assertRaises(changes.InvalidState, changes.decode_point, text)
 
     @defer.inlineCallbacks
     def test_future_state(self):

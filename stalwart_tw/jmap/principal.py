@@ -155,9 +155,9 @@ class PrincipalType(WritableType):
     def modseq(self, context, account):
         return self._directory.modseq()
 
-    async def changes(self, context, account, since_modseq, max_changes, extra=None):
+    async def changes(self, context, account, since, max_changes, extra=None):
         found = await self._store.read(
-            changes_since, DIRECTORY_ACCOUNT, CHANGE_TYPE, since_modseq, max_changes
+            changes_since, DIRECTORY_ACCOUNT, CHANGE_TYPE, since, max_changes
         )
         visible = self._visible(context)
         if visible is None:
@@ -167,6 +167,7 @@ class PrincipalType(WritableType):
                 [principal_id(int(n)) for n in found.destroyed],
                 found.new_modseq,
                 found.has_more,
+                found.new_skip,
             )
         # For anyone else: a principal that changed and is out of sight now
         # may be one they saw before (a group they left) or one they never
@@ -183,6 +184,7 @@ class PrincipalType(WritableType):
             [],
             found.new_modseq,
             found.has_more,
+            found.new_skip,
         )
 
     # Writing (Principal/set): hashing first, on the hash threads; then

@@ -41,7 +41,7 @@ from stalwart_tw.store.changes import (
     ChangesUnavailable,
     InvalidState,
     TooManyChanges,
-    decode_state,
+    decode_point,
     encode_state,
     type_modseq,
 )
@@ -120,8 +120,9 @@ class DataType(ABC):
         """
 
     @abstractmethod
-    async def changes(self, context, account, since_modseq, max_changes, extra=None):
+    async def changes(self, context, account, since, max_changes, extra=None):
         """
+        @param since: the L{ChangePoint} (or the modseq) the client is at.
         @return: a L{stalwart_tw.store.changes.Changes}.
         """
 
@@ -287,14 +288,14 @@ async def standard_changes(datatype, max_changes_limit, context, arguments):
     extra = type_arguments(datatype, "changes", arguments)
     limit = max_changes_limit if max_changes is None else min(max_changes, max_changes_limit)
     try:
-        since = decode_state(since_state)
+        since = decode_point(since_state)
         changes = await datatype.changes(context, account, since, limit, extra)
     except (InvalidState, ChangesUnavailable, TooManyChanges) as error:
         raise MethodError(CANNOT_CALCULATE_CHANGES, str(error)) from None
     return {
         "accountId": account_id(account),
         "oldState": since_state,
-        "newState": encode_state(changes.new_modseq),
+        "newState": encode_state(changes.new_modseq, changes.new_skip),
         "hasMoreChanges": changes.has_more,
         "created": changes.created,
         "updated": changes.updated,

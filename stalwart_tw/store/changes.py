@@ -6,6 +6,13 @@ object it touched at the new modseq. The JMAP state of a type in an account
 is the modseq of the last change to that type, written as a string; a client
 that holds an older state asks for the changes logged after it.
 
+One batch is one method call, so one modseq may change hundreds of objects
+(a Principal/set, an Email/import). A client whose C{maxChanges} is smaller
+still pages through them: /changes then stops inside the modseq, at an
+intermediate state C{"m.k"} (hex) that means "everything up to modseq m,
+and the first k objects changed at modseq m+1", in the order the log
+recorded them. Only /changes issues and reads such states.
+
 Reading functions take a connection and run on the store's reader threads.
 """
 
@@ -33,15 +40,43 @@ class ChangesUnavailable(Exception):
 
 class TooManyChanges(Exception):
     """
-    One single modseq changed more objects than the caller will take.
+    More objects changed than the caller will take.
     """
 
 
-def encode_state(modseq):
+@dataclass(frozen=True)
+class ChangePoint:
     """
-    @return: the state string of a modseq.
+    A point in an account's change log: every change up to C{modseq}, and
+    the first C{skip} objects changed at the modseq after it.
     """
+
+    modseq: int
+    skip: int = 0
+
+
+def encode_state(modseq, skip=0):
+    """
+    @return: the state string of a modseq (and of the objects of the next
+        one already seen, for an intermediate state of /changes).
+    """
+    if skip:
+        return f"{modseq:x}.{skip:x}"
     return format(modseq, "x")
+
+
+def decode_point(state):
+    """
+    @return: the L{ChangePoint} of a state string, intermediate or not.
+    @raise InvalidState: not a state string of ours.
+    """
+    if not isinstance(state, str) or "." not in state:
+        return ChangePoint(decode_state(state))
+    modseq, _, skip = state.partition(".")
+    point = ChangePoint(decode_state(modseq), decode_state(skip))
+    if point.skip < 1:
+        raise InvalidState(f"not a state: {state!r}")
+    return point
 
 
 def decode_state(state):
@@ -91,6 +126,8 @@ class Changes:
 
     @ivar new_modseq: the modseq the client is at once it has applied these.
     @ivar has_more: more changes follow after C{new_modseq}.
+    @ivar new_skip: the objects of the modseq after C{new_modseq} already
+        listed, when the changes stop inside it (see L{ChangePoint}).
     """
 
     created: list
@@ -98,55 +135,77 @@ class Changes:
     destroyed: list
     new_modseq: int
     has_more: bool
+    new_skip: int = 0
 
 
-def changes_since(connection, account_id, type_name, since_modseq, max_changes):
+def changes_since(connection, account_id, type_name, since, max_changes):
     """
     Collect the objects of a type created, updated and destroyed after
-    C{since_modseq}, each listed once, at most C{max_changes} of them.
+    C{since}, each listed once, at most C{max_changes} of them.
 
-    A batch of changes is never split: when the limit falls inside one
-    modseq, the result stops at the modseq before it and says C{has_more}.
-    An object created and destroyed within the range is left out.
+    A page ends at a modseq boundary when it can: when the limit falls
+    inside a later modseq, the result stops at the modseq before it and
+    says C{has_more}. Only when the first modseq alone holds more objects
+    than the limit does the page end inside it, at an intermediate point
+    (C{new_skip}). An object created and destroyed within the range is
+    left out.
 
-    @raise ChangesUnavailable: the log no longer reaches back to
-        C{since_modseq}, or C{since_modseq} is in the future.
-    @raise TooManyChanges: the first modseq alone changed more than
-        C{max_changes} objects.
+    @param since: a modseq, or a L{ChangePoint}.
+    @raise ChangesUnavailable: the log no longer reaches back to C{since},
+        or C{since} is in the future.
     """
+    point = since if isinstance(since, ChangePoint) else ChangePoint(since)
     floor, current = _floor_and_modseq(connection, account_id)
-    if since_modseq < floor or since_modseq > current:
-        raise ChangesUnavailable(f"cannot calculate changes since modseq {since_modseq}")
+    if point.modseq < floor or point.modseq > current:
+        raise ChangesUnavailable(f"cannot calculate changes since modseq {point.modseq}")
     log = schema.changelog
     rows = connection.execute(
         select(log.c.modseq, log.c.object_id, log.c.kind)
         .where(
             (log.c.account_id == account_id)
             & (log.c.type_name == type_name)
-            & (log.c.modseq > since_modseq)
+            & (log.c.modseq > point.modseq)
         )
         .order_by(log.c.modseq, log.c.seq)
     ).all()
     first_kind, last_kind, order = {}, {}, []
-    reached = since_modseq
+    reached = point.modseq
     for modseq, group in groupby(rows, key=lambda row: row[0]):
         group = list(group)
-        unseen = {object_id for _, object_id, _ in group} - first_kind.keys()
+        objects = list(dict.fromkeys(object_id for _, object_id, _ in group))
+        skip = 0
+        if reached == point.modseq and point.skip:
+            if modseq != point.modseq + 1 or point.skip >= len(objects):
+                raise ChangesUnavailable(f"no such point in the changes of modseq {modseq}")
+            skip = point.skip
+        taken = objects[skip:]
+        unseen = [object_id for object_id in taken if object_id not in first_kind]
         if len(order) + len(unseen) > max_changes:
-            if reached == since_modseq:
-                raise TooManyChanges(f"modseq {modseq} alone changed more than {max_changes}")
-            return _summarise(order, first_kind, last_kind, reached, True)
-        for _, object_id, kind in group:
-            if object_id not in first_kind:
-                first_kind[object_id] = kind
-                order.append(object_id)
-            last_kind[object_id] = kind
+            if order:
+                return _summarise(order, first_kind, last_kind, reached, True)
+            # The first modseq alone is more than a page: end inside it.
+            taken = taken[:max_changes]
+            _collect(group, set(taken), first_kind, last_kind, order)
+            return _summarise(
+                order, first_kind, last_kind, modseq - 1, True, skip + len(taken)
+            )
+        _collect(group, set(taken), first_kind, last_kind, order)
         reached = modseq
     newest = max(reached, type_modseq(connection, account_id, type_name))
     return _summarise(order, first_kind, last_kind, newest, False)
 
 
-def _summarise(order, first_kind, last_kind, new_modseq, has_more):
+def _collect(group, objects, first_kind, last_kind, order):
+    for _, object_id, kind in group:
+        if object_id not in objects:
+            continue
+        if object_id not in first_kind:
+            first_kind[object_id] = kind
+            order.append(object_id)
+        last_kind[object_id] = kind
+
+
+def _summarise(order, first_kind, last_kind, new_modseq, has_more, new_skip=0):
     created, updated, destroyed = [], [], []
     for object_id in order:
         first, last = first_kind[object_id], last_kind[object_id]
@@ -157,7 +216,7 @@ def _summarise(order, first_kind, last_kind, new_modseq, has_more):
             destroyed.append(object_id)
         else:
             updated.append(object_id)
-    return Changes(created, updated, destroyed, new_modseq, has_more)
+    return Changes(created, updated, destroyed, new_modseq, has_more, new_skip)
 
 
 def _floor_and_modseq(connection, account_id):
@@ -169,6 +228,7 @@ def _floor_and_modseq(connection, account_id):
 
 
 __all__ = [
+    "ChangePoint",
     "Changes",
     "ChangesUnavailable",
     "InvalidState",
@@ -176,6 +236,7 @@ __all__ = [
     "UPDATED",
     "account_modseq",
     "changes_since",
+    "decode_point",
     "decode_state",
     "encode_state",
     "type_modseq",

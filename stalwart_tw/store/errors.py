@@ -41,13 +41,6 @@ class NodeStopping(Exception):
     """
 
 
-class StateChanged(StoreError):
-    """
-    A write made on condition that the state was still the one a client
-    gave (JMAP's ifInState) found it had moved. Nothing was applied.
-    """
-
-
 class BlobMissing(StoreError):
     """
     A blob named by its hash has no file on this node.
