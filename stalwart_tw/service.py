@@ -12,9 +12,12 @@ Shutting down goes the other way: stop accepting connections, let every
 batch already handed to the writer thread finish, then close the store. So a
 SIGTERM never loses a write the server has acknowledged.
 
-The parts form one L{SequentialService} tree, started in this order and
-stopped in the reverse: worker threads, store, node, blob store, the admin
-principal, the ready flag, the listening ports (JMAP, cluster, admin shell).
+The node's parts form one L{SequentialService} tree, started in this order
+once the reactor runs and stopped in the reverse: worker threads, store,
+node, blob store (so purges finish before the node drains), the admin
+principal, the ready flag. The ports (JMAP, cluster, admin shell) are no
+part of it: they are bound before the tree starts and closed before it
+stops, whether the start succeeded, failed or is still going on.
 """
 
 import ipaddress
@@ -229,6 +232,7 @@ class NodeService(SequentialService):
         self.ports = {}
         self.identity = None
         self.cluster = None
+        self._cluster_stopped = False
         self._started_at = None
         # The start of the tree, failures logged: fires once the node is
         # ready or has given up.
@@ -244,7 +248,6 @@ class NodeService(SequentialService):
             self.blobs,
             _Call("admin", self._ensure_admin),
             _Call("ready", self._now_ready, self._not_ready),
-            _Call("ports", stop=self._close_ports),
         ):
             part.setServiceParent(self)
 
@@ -262,12 +265,10 @@ class NodeService(SequentialService):
     def _not_ready(self):
         self.ready = False
 
-    def _close_ports(self):
-        return ensureDeferred(self._close_ports_in_order())
-
-    async def _close_ports_in_order(self):
-        if self.cluster is not None:
+    async def _close_ports(self):
+        if self.cluster is not None and not self._cluster_stopped:
             # Before the JMAP port closes: peers hear "leave" at once.
+            self._cluster_stopped = True
             await self.cluster.stop()
         await self._stop_listening()
 
@@ -492,8 +493,14 @@ class NodeService(SequentialService):
             self._reactor.stop()
 
     def stopService(self):
-        stopped = super().stopService()
-        return stopped.addCallback(self._stopped)
+        return ensureDeferred(self._shut_down())
+
+    async def _shut_down(self):
+        # No new connection, and peers told, before anything waits for
+        # the start in progress or for writes to drain.
+        await self._close_ports()
+        await super().stopService()
+        self._stopped(None)
 
     def _stopped(self, _):
         self.log.info("node stopped")

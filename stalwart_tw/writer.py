@@ -52,6 +52,11 @@ def _build(connection, account, build, args):
     batch = WriteBatch()
     batch.expect_modseq(account, account_modseq(connection, account))
     outcome = build(connection, batch, *args)
+    # A change logged in an account the batch did not read would be made
+    # on state nobody checked: a builder's bug, refused before it commits.
+    unread = sorted({change[0] for change in batch.changes} - set(batch.expected_modseqs))
+    if unread:
+        raise ValueError(f"a write to account {account} changes accounts it did not read: {unread}")
     return batch, outcome
 
 

@@ -140,6 +140,31 @@ class CopyTests(TestCase):
         self.assertEqual(list((yield self.objects(TEAM))), ["r"])
 
     @defer.inlineCallbacks
+    def test_source_moved_before_the_commit(self):
+        """A write to the source between the read and the commit: ifFromInState fails, else a fresh copy."""
+        real_commit = self.node.commit
+        rivals = []
+
+        @defer.inlineCallbacks
+        def the_source_moves_first(batch):
+            if not rivals:
+                rival = WriteBatch().update(
+                    "test_notes", {"account_id": HOME, "id": "a"}, title="CHANGED")
+                rivals.append(rival.log_change(HOME, NOTE, "a", "updated"))
+                yield real_commit(rivals[-1])
+            result = yield real_commit(batch)
+            return result
+
+        self.node.commit = the_source_moves_first
+        error = yield self.failure({"k": {"id": "a"}}, ifFromInState=encode_state(1))
+        self.assertEqual(error["type"], "stateMismatch")
+        self.assertEqual((yield self.objects(TEAM)), {})
+        rivals.clear()
+        response = yield self.copy({"k": {"id": "a"}})
+        copy_id = response["created"]["k"]["id"]
+        self.assertEqual((yield self.objects(TEAM))[copy_id]["title"], "CHANGED")
+
+    @defer.inlineCallbacks
     def test_accounts(self):
         """Unknown accounts, one account for both, a type an account lacks: precise errors."""
         cases = [

@@ -578,6 +578,84 @@ class PrincipalOneBatchTests(PrincipalTestCase):
         self.assertEqual(self.service.node.applied_index, before)
 
     @defer.inlineCallbacks
+    def test_a_misshapen_object_fails_alone(self):
+        """Values of the wrong JSON type are that object's invalidProperties; its siblings go on."""
+        _, result, _ = yield self.set_call({
+            "create": {"fine": {"type": "individual", "name": "fine"},
+                       "nulls": {"type": "individual", "name": "nulls", "aliases": None,
+                                 "members": None},
+                       "bad": {"type": "individual", "name": "bad", "aliases": 5},
+                       "badq": {"type": "individual", "name": "badq", "quota": "lots"}},
+            "update": {principal_id(self.jane.id): {"aliases": 5},
+                       principal_id(self.bob.id): {"secret": 12}},
+        })
+        self.assertEqual(sorted(result["created"]), ["fine", "nulls"])
+        self.assertEqual(result["notCreated"]["bad"]["properties"], ["aliases"])
+        self.assertEqual(result["notCreated"]["badq"]["properties"], ["quota"])
+        self.assertEqual(result["notUpdated"][principal_id(self.jane.id)]["properties"],
+                         ["aliases"])
+        self.assertEqual(result["notUpdated"][principal_id(self.bob.id)]["properties"],
+                         ["secret"])
+
+    @defer.inlineCallbacks
+    def test_one_object_patched_once(self):
+        """Two patches of one principal in a call (by id and by reference): the second is refused."""
+        _, result, _ = yield self.set_call({
+            "create": {"k": {"type": "individual", "name": "kim"}},
+            "update": {"#k": {"secret": "first-secret"}},
+        })
+        kim = result["created"]["k"]["id"]
+        _, result, _ = yield self.set_call({
+            "create": {"k": {"type": "individual", "name": "lee"}},
+            "update": {"#k": {"secret": "lee-secret"}, kim: {"secret": "kim-secret"}},
+        })
+        lee = result["created"]["k"]["id"]
+        self.assertEqual(sorted(result["updated"]), sorted([lee, kim]))
+        directory = self.service.directory
+        self.assertIsNotNone((yield directory.authenticate("lee", "lee-secret")))
+        self.assertIsNotNone((yield directory.authenticate("kim", "kim-secret")))
+        # The next id is guessable: patched by reference and by id at once.
+        next_id = principal_id(principal_number(lee) + 1)
+        _, result, _ = yield self.set_call({
+            "create": {"k": {"type": "individual", "name": "max"}},
+            "update": {"#k": {"secret": "by-reference"}, next_id: {"secret": "by-id"}},
+        })
+        self.assertEqual(result["created"]["k"]["id"], next_id)
+        self.assertEqual(list(result["updated"]), [next_id])
+        self.assertEqual(result["notUpdated"][next_id]["type"], "invalidPatch")
+        self.assertIsNotNone((yield directory.authenticate("max", "by-reference")))
+        self.assertIsNone((yield directory.authenticate("max", "by-id")))
+
+    @defer.inlineCallbacks
+    def test_conflicts_twice(self):
+        """A write that conflicts on its rebuild too is serverUnavailable, with nothing applied."""
+        node, store = self.service.node, self.service.store
+        real_commit = node.commit
+        rivals = [replace(
+            _new_principal("individual", f"rival{n}", None, None, None, (), (), 0, None),
+            created_at=1,
+        ) for n in range(2)]
+
+        @defer.inlineCallbacks
+        def a_rival_commits_first(batch):
+            if rivals:
+                rival_batch, _ = yield store.read(
+                    writer_build, DIRECTORY_ACCOUNT, plan_directory_change,
+                    (_build_create, (rivals.pop(0),)),
+                )
+                yield real_commit(rival_batch)
+            result = yield real_commit(batch)
+            return result
+
+        node.commit = a_rival_commits_first
+        _, result, _ = yield self.set_call({"create": {"k": {"type": "individual", "name": "kim"}}})
+        node.commit = real_commit
+        self.assertEqual(result["type"], "serverUnavailable")
+        self.assertIsNone((yield self.service.directory.get("kim")))
+        self.assertIsNotNone((yield self.service.directory.get("rival1")))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
     def test_each_secret_to_its_principal(self):
         """Secrets set in one call are hashed for the right principals, updates by reference too."""
         _, result, _ = yield self.set_call({

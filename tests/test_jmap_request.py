@@ -8,7 +8,7 @@ import json
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from stalwart_tw.jmap.core import register_core
+from stalwart_tw.jmap.core import echo
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.session import CORE_CAPABILITY
 from stalwart_tw.jmap.errors import MethodError, RequestError
@@ -217,7 +217,7 @@ class RunRequestTests(TestCase):
 
     def setUp(self):
         self.registry = MethodRegistry()
-        register_core(self.registry)
+        self.registry.register("Core/echo", CORE_CAPABILITY, echo)
 
     def run_calls(self, calls, using=(CORE_CAPABILITY,), created_ids=None):
         document = {"using": list(using), "methodCalls": calls}
@@ -317,4 +317,6 @@ class RunRequestTests(TestCase):
 
     def test_duplicate_registration(self):
         """Registering one method name twice is a programming error caught at start."""
-        self.assertRaises(ValueError, register_core, self.registry)
+        self.assertRaises(
+            ValueError, self.registry.register, "Core/echo", CORE_CAPABILITY, echo
+        )

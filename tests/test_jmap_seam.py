@@ -22,7 +22,7 @@ from stalwart_tw.jmap.standard import (
     standard_get,
     standard_set,
 )
-from stalwart_tw.service import EXTENSIONS
+from stalwart_tw.service import EXTENSIONS, core_extension
 from stalwart_tw.writer import AccountWriter
 from tests.notes import NOTES_CAPABILITY, NotesExtension, notes_extension
 from tests.support import NodeServiceMixin, open_store_and_node
@@ -111,6 +111,26 @@ class UnservedTypeTests(NodeServiceMixin, TestCase):
         )
         self.assertEqual(response.code, 400)
         self.assertIn("unknownCapability", json.loads(body)["type"])
+
+
+class CoreOnlyNodeTests(NodeServiceMixin, TestCase):
+    """
+    A node of the core extension alone.
+    """
+
+    @defer.inlineCallbacks
+    def test_sessions_follow_the_directory(self):
+        """A user's accounts follow their groups even with no principals extension."""
+        yield self.start_with_client(extensions=(core_extension,))
+        directory = self.service.directory
+        yield directory.create_principal("individual", "jane", secret="jane-password")
+        sales = yield directory.create_principal("group", "sales", members=["jane"])
+        jane = {b"Authorization": [b"Basic " + b64encode(b"jane:jane-password")]}
+        response, body = yield self.request("GET", "/jmap/session", jane)
+        self.assertIn(account_id(sales.id), json.loads(body)["accounts"])
+        yield directory.replace("sales", members=[])
+        response, body = yield self.request("GET", "/jmap/session", jane)
+        self.assertNotIn(account_id(sales.id), json.loads(body)["accounts"])
 
 
 class OpenStandardMethodsTests(TestCase):

@@ -11,6 +11,7 @@ from base64 import b64encode
 import trustme
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
@@ -23,7 +24,7 @@ from stalwart_tw.http.app import JmapHttp
 from stalwart_tw.jmap.core import CoreExtension
 from stalwart_tw.jmap.server import JmapServer
 from stalwart_tw.service import NodeService, Options, StartupError, tls_options
-from tests.support import NodeServiceMixin, node_settings
+from tests.support import NodeServiceMixin, cheap_hasher, node_settings
 
 
 def basic(login, password):
@@ -147,6 +148,33 @@ class NodeServiceTests(NodeServiceMixin, TestCase):
         self.assertEqual(status["applied index"], 1)
         self.assertGreater(status["database bytes"], 0)
         yield service.stopService()
+
+    @defer.inlineCallbacks
+    def test_failed_start_closes_the_ports(self):
+        """A part that fails to start: the parts begun are stopped in reverse, every port closes."""
+        service = NodeService(node_settings(self))
+        service.directory._hasher = cheap_hasher()
+        service.directory.ensure_admin = lambda secret=None: defer.fail(RuntimeError("no admin"))
+        failures = []
+        # The real one stops the reactor, which is trial's here.
+        service._start_failed = failures.append
+        stops = []
+        for part in service:
+            original = part.stopService
+            part.stopService = lambda name=part.name, original=original: (
+                stops.append(name), original())[1]
+        service.privilegedStartService()
+        port = service.ports["JMAP"].getHost().port
+        service.startService()
+        yield service.opened
+        self.assertEqual(failures[0].getErrorMessage(), "no admin")
+        self.assertFalse(service.ready)
+        yield service.stopService()
+        self.assertEqual(stops, ["admin", "blobs", "node", "store", "workers"])
+        self.assertEqual(service.ports, {})
+        probe = yield self.assertFailure(
+            self.client().get(f"http://127.0.0.1:{port}/jmap/session"), ConnectionRefusedError)
+        self.assertIsInstance(probe, ConnectionRefusedError)
 
     def test_unwritable_data_folder(self):
         """A db-path that cannot be created stops start-up with one line."""

@@ -134,4 +134,4 @@ class LocalNode(Service):
 
 # NodeStopping is defined with the other write errors and stays importable
 # from here.
-__all__ = ["LocalNode", "NodeStopping"]
+__all__ = ["LocalNode"]

@@ -46,13 +46,6 @@ def echo(context, arguments):
     return arguments
 
 
-def register_core(registry):
-    """
-    Add the core methods to a L{MethodRegistry}.
-    """
-    registry.register("Core/echo", CORE_CAPABILITY, echo)
-
-
 class CoreExtension(Extension):
     """
     The core capability (urn:ietf:params:jmap:core): Core/echo, and

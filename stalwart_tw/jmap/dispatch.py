@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import CancelledError
 
-from stalwart_tw.store.errors import NodeStopping
+from stalwart_tw.store.errors import BatchConflict, NodeStopping
 from stalwart_tw.jmap.errors import (
     SERVER_FAIL,
     SERVER_UNAVAILABLE,
@@ -155,6 +155,12 @@ def _invocations(call, result):
 def _failed(call, error):
     if isinstance(error, NodeStopping):
         error = MethodError(SERVER_UNAVAILABLE, "the server is shutting down; try again shortly")
+    elif isinstance(error, BatchConflict):
+        # Built twice, and twice the account moved before the commit:
+        # nothing was applied, and a later try may well pass.
+        error = MethodError(
+            SERVER_UNAVAILABLE, "the account kept changing under this write; try again shortly"
+        )
     elif not isinstance(error, MethodError):
         # Called inside the except block: the failure logged is this one.
         log.failure("method {name} failed", name=call.name)

@@ -33,7 +33,6 @@ from stalwart_tw.store.directory import (
     ADMIN_NAME,
     CHANGE_TYPE,
     DirectoryError,
-    changes_directory,
     drafted_principal,
 )
 from stalwart_tw.store.principal_changes import (
@@ -93,15 +92,6 @@ class _Prepared:
     create_hashes: dict = field(default_factory=dict)
     # id as the client gave it (maybe "#creationId") -> secret hash
     update_hashes: dict = field(default_factory=dict)
-
-    def update_hash(self, call, object_id):
-        for given_id, secret_hash in self.update_hashes.items():
-            try:
-                if call.resolve_id(given_id) == object_id:
-                    return secret_hash
-            except SetError:
-                continue
-        return None
 
 
 def _settable_secret(properties):
@@ -217,12 +207,12 @@ class PrincipalType(WritableType):
 
     def build_create(self, draft, call, creation_id, properties):
         _check_writable(properties, creating=True)
-        members = self._member_names(draft, call, properties.get("members", []))
+        members = self._member_names(draft, call, properties.get("members") or [])
         with _as_set_error():
             new = _new_principal(
                 properties.get("type"), properties.get("name"), properties.get("secret"),
                 properties.get("description"), properties.get("email"),
-                properties.get("aliases", ()), members, properties.get("quota", 0),
+                properties.get("aliases") or (), members, properties.get("quota", 0),
                 properties.get("timeZone"),
             )
             new = replace(
@@ -246,15 +236,15 @@ class PrincipalType(WritableType):
         if "secret" in patched:
             with _as_set_error():
                 _check_secret(patched["secret"])
-            secret_hash = call.prepared.update_hash(call, object_id)
+            secret_hash = call.prepared.update_hashes.get(call.key)
         addresses = None
-        if (patched.get("email"), patched.get("aliases", [])) != (
-            current.get("email"), current.get("aliases", [])
+        if (patched.get("email"), patched.get("aliases") or []) != (
+            current.get("email"), current.get("aliases") or []
         ):
-            addresses = (patched.get("email"), patched.get("aliases", []))
+            addresses = (patched.get("email"), patched.get("aliases") or [])
         members = None
-        if patched.get("members", []) != current.get("members", []):
-            members = self._member_names(draft, call, patched.get("members", []))
+        if (patched.get("members") or []) != (current.get("members") or []):
+            members = self._member_names(draft, call, patched.get("members") or [])
         if not (changes or addresses is not None or members is not None or secret_hash):
             return None
         with _as_set_error():
@@ -307,6 +297,38 @@ def _check_writable(properties, creating):
         missing = [prop for prop in ("type", "name") if prop not in properties]
         if missing:
             raise SetError("invalidProperties", f"{missing[0]} is required", missing)
+    for name, (accepts, what) in _SHAPES.items():
+        if name in properties and not accepts(properties[name]):
+            raise SetError("invalidProperties", f"{name} must be {what}", [name])
+
+
+def _strings(value):
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _optional(accepts):
+    return lambda value: value is None or accepts(value)
+
+
+def _is_str(value):
+    return isinstance(value, str)
+
+
+# The JSON shape of each writable property, checked before any rule of the
+# directory: a value of the wrong type is that object's SetError, never a
+# failure of the whole call.
+_SHAPES = {
+    "type": (_is_str, "a string"),
+    "name": (_is_str, "a string"),
+    "description": (_optional(_is_str), "null or a string"),
+    "email": (_optional(_is_str), "null or a string"),
+    "aliases": (_optional(_strings), "null or an array of strings"),
+    "members": (_optional(_strings), "null or an array of ids"),
+    "quota": (lambda value: isinstance(value, int) and not isinstance(value, bool),
+              "a number of bytes"),
+    "timeZone": (_optional(_is_str), "null or a string"),
+    "secret": (_is_str, "a string"),
+}
 
 
 _PROPERTY_OF_ERROR = {
@@ -351,9 +373,6 @@ class PrincipalsExtension(Extension):
 
     def session_capability(self, principal):
         return {}, {"currentUserPrincipalId": principal_id(principal.id)}
-
-    def directory_changed(self, apply_result):
-        return changes_directory(apply_result)
 
     def methods(self):
         from stalwart_tw.jmap.principal_query import PRINCIPAL_QUERY

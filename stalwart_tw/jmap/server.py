@@ -13,6 +13,7 @@ server and only moves bytes, credentials and limits.
 from stalwart_tw.jmap.dispatch import MethodRegistry, run_request
 from stalwart_tw.jmap.push import SharedStateBus
 from stalwart_tw.jmap.session import CORE_CAPABILITY, SessionCache
+from stalwart_tw.store.directory import changes_directory
 
 
 class Extension:
@@ -46,11 +47,11 @@ class Extension:
         """
         return {}
 
-    def directory_changed(self, apply_result):
+    def session_changed(self, apply_result):
         """
         @return: whether an applied batch changed what this extension puts
-            in the Session (a user's accounts, their names), so that every
-            cached Session must be built again.
+            in the Session beyond the directory (whose changes always drop
+            every cached Session), so that every one must be built again.
         """
         return False
 
@@ -100,7 +101,11 @@ class JmapServer:
         return capabilities
 
     def _directory_changed(self, apply_result):
-        return any(extension.directory_changed(apply_result) for extension in self._extensions)
+        # A user's accounts are the directory's (their groups): any change
+        # to it may give or take one, whatever extensions there are.
+        return changes_directory(apply_result) or any(
+            extension.session_changed(apply_result) for extension in self._extensions
+        )
 
     def on_applied(self, apply_result):
         """

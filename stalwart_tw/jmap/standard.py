@@ -41,6 +41,7 @@ from stalwart_tw.store.changes import (
     ChangesUnavailable,
     InvalidState,
     TooManyChanges,
+    account_modseq,
     decode_point,
     encode_state,
     type_modseq,
@@ -337,6 +338,9 @@ class SetCall:
     @ivar prepared: what the type's C{prepare} returned.
     @ivar created_ids: creation id -> id for the objects this call created
         so far (the request's earlier ones are in C{context}).
+    @ivar key: the key, in the client's arguments, of the object being
+        built: its creation id, or the id (maybe C{#creationId}) it gave
+        for an update or a destroy; what C{prepared} may be keyed by.
     """
 
     context: object
@@ -344,6 +348,7 @@ class SetCall:
     extra: dict = field(default_factory=dict)
     prepared: object = None
     created_ids: dict = field(default_factory=dict)
+    key: str = None
 
     def resolve_id(self, value):
         """
@@ -381,7 +386,14 @@ class WritableType(DataType):
     L{Draft} (which shows what the call built so far), write into
     C{draft.batch} with change-log records for what they touch, decide
     every id and date themselves, and raise L{SetError} to refuse one
-    object (what they added to the batch is then dropped).
+    object (what they added to the batch is then dropped). Any other
+    exception fails the whole call, with nothing committed.
+
+    The batch expects the modseq of the account it writes (the type's
+    C{state_account}) as of the read, and nothing else: so every row a hook
+    reads and then changes must belong to that account (an id sequence per
+    account, not one for the whole server), or a write of another account
+    could slip in between unseen.
     """
 
     async def prepare(self, context, account, request, extra):
@@ -558,6 +570,7 @@ def _state_mismatch():
 def _build_creates(datatype, draft, call, creates):
     created, refused = {}, {}
     for creation_id, properties in creates.items():
+        call.key = creation_id
         try:
             with draft.batch.savepoint():
                 created[creation_id] = datatype.build_create(draft, call, creation_id, properties)
@@ -571,10 +584,13 @@ def _build_creates(datatype, draft, call, creates):
 def _build_updates(datatype, draft, call, updates, destroying):
     updated, refused = {}, {}
     for given_id, patch in updates.items():
+        call.key = given_id
         try:
             object_id = call.resolve_id(given_id)
             if object_id in destroying:
                 raise SetError("willDestroy", "the same request destroys it")
+            if object_id in updated:
+                raise SetError("invalidPatch", f"{object_id!r} is already patched by this call")
             current = datatype.read_drafted(draft, call, call.account, [object_id]).get(object_id)
             if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
@@ -591,6 +607,7 @@ def _build_updates(datatype, draft, call, updates, destroying):
 def _build_destroys(datatype, draft, call, destroys):
     destroyed, refused = [], {}
     for given_id in destroys:
+        call.key = given_id
         try:
             object_id = call.resolve_id(given_id)
             current = datatype.read_drafted(draft, call, call.account, [object_id]).get(object_id)
@@ -686,6 +703,10 @@ class _CopyOutcome(_SetOutcome):
 
 def _build_copy(connection, batch, datatype, call, source, creates, states):
     call.created_ids = {}
+    # The copies are decided on the originals as read: a write to the
+    # source before the commit must make this batch conflict too.
+    source_account = datatype.state_account(source)
+    batch.expect_modseq(source_account, account_modseq(connection, source_account))
     from_modseq = datatype.modseq_in(connection, source)
     if states.if_from_in_state is not None and states.if_from_in_state != encode_state(from_modseq):
         raise _state_mismatch()
@@ -707,6 +728,7 @@ def _build_copy(connection, batch, datatype, call, source, creates, states):
                 if name not in datatype.server_set
             }
             properties.update((name, value) for name, value in given.items() if name != "id")
+            call.key = creation_id
             with batch.savepoint():
                 created[creation_id] = datatype.build_create(draft, call, creation_id, properties)
         except SetError as error:

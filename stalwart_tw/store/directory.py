@@ -15,12 +15,12 @@ Design choices:
    commits; two directory writes on this node never interleave, and one
    built on stale state (another node's leader term) is rebuilt once.
  - Everything a follower needs to replay a write is in the batch: the new id
-   (max(id) + 1 read while building), the creation time (read from the
-   injected clock before building), the Argon2 hash (computed once, before
-   building, so a rebuild does not hash again; L{Directory.hash_secret} for
-   Principal/set). Deletes are explicit rows in
-   the batch (addresses, memberships both ways) rather than relying on the
-   database's cascades, so the batch says everything it changes.
+   (from the C{id_sequences} row, read while building), the creation time
+   (read from the injected clock before building), the Argon2 hash
+   (computed once, before building, so a rebuild does not hash again;
+   L{Directory.hash_secret} for Principal/set). Deletes are explicit rows
+   in the batch (addresses, memberships both ways) rather than relying on
+   the database's cascades, so the batch says everything it changes.
  - Validation that needs no data (kinds, name syntax, address syntax, quota,
    time zone) happens before anything is read; rules that need data (a
    domain exists, an address is free, a member exists, no membership cycle)

@@ -9,8 +9,8 @@ alike: the rules that need no data check a request before anything is
 read; a builder then reads what its rules need through the draft, fills
 the batch, and raises a L{DirectoryError} subclass naming the offending
 value when a rule is broken. Several builders may fill one batch (a
-Principal/set of many objects): each sees what the ones before it did. The design choices they keep are told in
-L{stalwart_tw.store.directory}.
+Principal/set of many objects): each sees what the ones before it did. The
+design choices they keep are told in L{stalwart_tw.store.directory}.
 
 The kinds, limits and errors of the directory live here because the rules
 use and raise them; L{stalwart_tw.store.directory} re-exports them.
