@@ -297,6 +297,21 @@ class TempBlobTests(_BlobFixture, unittest.TestCase):
         self.assertEqual((yield self.temp_rows()), [])
 
     @inlineCallbacks
+    def test_expired_upload_not_visible_before_the_purge(self):
+        """Past temp_ttl an upload is no one's to use, though no purge has run yet."""
+        from stalwart_tw.jmap.core import BlobAccess
+
+        access = BlobAccess(
+            self.blobs, self.store, AccountWriter(self.store, self.node), self.clock, 10
+        )
+        blob_hash, _, _ = yield self.blobs.put_temporary(7, b"short-lived")
+        self.clock.advance(TTL - 1)
+        self.assertEqual((yield access.visible(7, 7, [blob_hash])), {blob_hash})
+        self.clock.advance(1)
+        self.assertEqual((yield access.visible(7, 7, [blob_hash])), set())
+        self.assertEqual(len((yield self.temp_rows())), 1)
+
+    @inlineCallbacks
     def test_reupload_refreshes_expiry(self):
         """Uploading the same content again moves the expiry; the file outlives the first one."""
         blob_hash, _, first = yield self.blobs.put_temporary(7, b"again")

@@ -121,7 +121,9 @@ class BlobAccess:
         """
         if not blob_hashes:
             return succeed(set())
-        return self._store.read(held_by, account, principal_id, set(blob_hashes))
+        return self._store.read(
+            held_by, account, principal_id, set(blob_hashes), int(self._clock.seconds())
+        )
 
     async def copy(self, context, arguments):
         """

@@ -630,8 +630,11 @@ class BlobStore(Service):
         return deleted
 
 
-def held_by(connection, account_id, principal_id, blob_hashes):
+def held_by(connection, account_id, principal_id, blob_hashes, now):
     """
+    @param now: the time (seconds since the epoch) on the clock expiry is
+        computed from: a row past its C{expires_at} holds nothing, even
+        before a purge deletes it.
     @return: which of C{blob_hashes} the principal holds in the account (an
         upload of its own, or a copy it made, that has not expired).
     """
@@ -641,6 +644,7 @@ def held_by(connection, account_id, principal_id, blob_hashes):
             (table.c.account_id == account_id)
             & (table.c.principal_id == principal_id)
             & table.c.blob_hash.in_(sorted(blob_hashes))
+            & (table.c.expires_at > now)
         )
     )
     return set(rows.scalars())
