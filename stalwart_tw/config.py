@@ -230,6 +230,8 @@ SETTINGS = (
         _int("max-size-upload", 50000000, "bytes per upload", 1),
         _int("max-size-request", 10000000, "bytes per API request", 1),
         _int("max-calls-in-request", 16, "method calls per request", 1),
+        _int("max-json-depth", 64,
+             "levels of nesting in a request body (arrays and objects)", 2, 200),
         _int("max-objects-in-get", 500, "ids per /get call", 1),
         _int("max-objects-in-set", 500,
              "create + update + destroy per /set call", 1),

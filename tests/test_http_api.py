@@ -109,6 +109,36 @@ class ApiTests(ApiTestCase):
         self.assertEqual(document["methodResponses"], [["Core/echo", {"hello": True}, "c1"]])
         self.assertTrue(document["sessionState"])
 
+    def nested(self, levels, inner=True):
+        # A request whose body nests exactly `levels` deep: the request
+        # object, methodCalls, the invocation, then the arguments.
+        value = inner
+        for _ in range(levels - 4):
+            value = [value]
+        return {"using": [CORE], "methodCalls": [["Core/echo", {"deep": value}, "c"]]}
+
+    @defer.inlineCallbacks
+    def test_nesting_limit(self):
+        """A body at max-json-depth is served; one level more is notJSON naming the limit."""
+        response, document = yield self.post(self.nested(64))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(document["methodResponses"][0][0], "Core/echo")
+        response, document = yield self.post(self.nested(65))
+        self.assertEqual(response.code, 400)
+        self.assertEqual(document["type"], "urn:ietf:params:jmap:error:notJSON")
+        self.assertIn("at most 64", document["detail"])
+
+    @defer.inlineCallbacks
+    def test_hostile_nesting_logs_nothing(self):
+        """Hundreds of levels, with an escape inside: a 400, and no traceback in the log."""
+        for levels in (254, 600, 900):
+            raw = json.dumps(self.nested(levels, "caf\u00e9")).encode()
+            self.assertLess(len(raw), 2000)
+            response, document = yield self.post(raw)
+            self.assertEqual(response.code, 400)
+            self.assertIn("nests", document["detail"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     @defer.inlineCallbacks
     def test_needs_credentials(self):
         """Without credentials the API answers 401 with the Basic challenge."""

@@ -126,6 +126,30 @@ class ParseRequestTests(TestCase):
         self.assertEqual(problem["limit"], "maxCallsInRequest")
 
 
+class NestingTests(TestCase):
+    """
+    How deep a body nests is counted on its bytes, strings left out.
+    """
+
+    def test_depth(self):
+        """Arrays and objects count; brackets inside strings and escapes do not."""
+        from stalwart_tw.jmap.request import nesting_depth
+
+        for raw, depth in (
+            (b'"text"', 0), (b"{}", 1), (b"[[[]]]", 3), (b'[{"a": [1, {}]}]', 4),
+            (b'{"a": "[[[[", "b": [1]}', 2), (b'["\\"[[", "\\\\"]', 1),
+            (b'[[], [[]], []]', 3),
+        ):
+            self.assertEqual(nesting_depth(raw), depth, raw)
+
+    def test_refused_before_parsing(self):
+        """A body deeper than the limit is notJSON, however broken the rest of it."""
+        raw = b"[" * 100 + b"oops"
+        error = self.assertRaises(RequestError, parse_request, raw, CAPABILITIES, 16, 64)
+        self.assertEqual(error.problem()["type"], "urn:ietf:params:jmap:error:notJSON")
+        self.assertIn("100 levels", error.problem()["detail"])
+
+
 class PointerTests(TestCase):
     """
     JSON Pointer with JMAP's '*'.

@@ -99,7 +99,7 @@ def check_body_size(request, limit, what, limit_name, size=None):
     return size
 
 
-def _read_and_parse(content, limit, capabilities, max_calls):
+def _read_and_parse(content, limit, capabilities, max_calls, max_depth):
     content.seek(0)
     body = content.read(limit + 1)
     if len(body) > limit:
@@ -108,7 +108,7 @@ def _read_and_parse(content, limit, capabilities, max_calls):
             f"the request is over {limit} bytes, the most the server takes",
             limit="maxSizeRequest",
         )
-    return parse_request(body, capabilities, max_calls)
+    return parse_request(body, capabilities, max_calls, max_depth)
 
 
 def _busy(request, count, what, limit_name):
@@ -555,7 +555,7 @@ class JmapHttp:
         size = check_body_size(request, limit, "request", "maxSizeRequest")
         arguments = (
             request.content, limit, self._server.capabilities(),
-            self._settings.max_calls_in_request,
+            self._settings.max_calls_in_request, self._settings.max_json_depth,
         )
         if size <= INLINE_PARSE_LIMIT or self._threadpool is None:
             return _read_and_parse(*arguments)

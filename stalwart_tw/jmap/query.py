@@ -71,7 +71,7 @@ FILTER_OPERATORS = frozenset({"AND", "OR", "NOT"})
 
 # Deep enough for any filter a person builds; a bound so that a hostile one
 # is refused rather than exhausting the stack.
-MAX_FILTER_DEPTH = 32
+MAX_FILTER_DEPTH = 16
 
 
 class FilterValueError(ValueError):

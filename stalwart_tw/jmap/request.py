@@ -12,7 +12,9 @@ what was wrong with the request rather than a generic failure.
 import json
 import math
 import re
+from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 
 import orjson
 
@@ -95,9 +97,46 @@ def _number(text):
     return value
 
 
-def decode_json(body):
+# Opening brackets as +1, closing ones as -1 (signed bytes), anything else
+# dropped: what is left of a body outside its strings is its nesting.
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
+DEFAULT_MAX_DEPTH = 64
+
+
+def _outside_strings(text):
+    # Once escaped backslashes and quotes are gone, quotes open and close
+    # strings in turn: what is left between them is the JSON structure.
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(text.split(b'"')[::2])
+
+
+def nesting_depth(body):
     """
-    Decode a request body as I-JSON.
+    @return: how deeply arrays and objects nest in C{body}, counted on the
+        raw bytes outside strings (so before anything is decoded, at C
+        speed: a hostile body is refused before a parser recurses on it).
+    """
+    return _depth(_outside_strings(body))
+
+
+def _depth(structure):
+    return max(accumulate(array("b", structure.translate(_BRACKETS, _NOT_BRACKETS))), default=0)
+
+
+def _check_depth(structure, max_depth):
+    depth = _depth(structure)
+    if depth > max_depth:
+        raise RequestError(
+            NOT_JSON,
+            f"the body nests {depth} levels deep; the server takes at most {max_depth}",
+        )
+
+
+def decode_json(body, max_depth=DEFAULT_MAX_DEPTH):
+    """
+    Decode a request body as I-JSON, no deeper than C{max_depth} levels.
 
     orjson decodes; it keeps the last of repeated member names and takes
     integers past 2**53 silently, so two cheap counts (member names in the
@@ -108,8 +147,11 @@ def decode_json(body):
     Past a few kilobytes the checks cost as much as they save (escapes
     make them slower), so large bodies go to the exact decoder at once.
 
-    @raise RequestError: C{notJSON}, saying where the body stopped making sense.
+    @raise RequestError: C{notJSON}, saying where the body stopped making
+        sense, or how deep it nests.
     """
+    structure = _outside_strings(body)
+    _check_depth(structure, max_depth)
     if len(body) > _FAST_DECODE_LIMIT:
         return _decode_exactly(body)
     try:
@@ -117,7 +159,7 @@ def decode_json(body):
         canonical = orjson.dumps(document, option=orjson.OPT_STRICT_INTEGER)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return _decode_exactly(body)
-    if _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO) or _member_count(body) != _member_count(
+    if _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO) or structure.count(b":") != _member_count(
         canonical
     ):
         return _decode_exactly(body)
@@ -132,12 +174,8 @@ _LONG_NUMBER = b"0" * 19
 
 
 def _member_count(text):
-    # text is valid JSON. Once escaped backslashes and quotes are gone,
-    # quotes open and close strings in turn; outside strings, every ':'
-    # follows a member name.
-    if b"\\" in text:
-        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
-    return b"".join(text.split(b'"')[::2]).count(b":")
+    # text is valid JSON: outside strings, every ':' follows a member name.
+    return _outside_strings(text).count(b":")
 
 
 # The exact reading. Integers are checked afterwards by orjson (in C) rather
@@ -213,16 +251,17 @@ def _check_invocation(position, value):
     return Invocation(name, arguments, call_id)
 
 
-def parse_request(body, capabilities, max_calls):
+def parse_request(body, capabilities, max_calls, max_depth=DEFAULT_MAX_DEPTH):
     """
     Decode and check a request body.
 
     @param capabilities: the capability URIs the server supports.
     @param max_calls: the maxCallsInRequest limit.
+    @param max_depth: the most levels of nesting taken (max-json-depth).
     @return: a L{Request}.
     @raise RequestError: the request is refused as a whole.
     """
-    document = decode_json(body)
+    document = decode_json(body, max_depth)
     if not isinstance(document, dict):
         raise _not_request("the request is not a JSON object")
     using = document.get("using")
