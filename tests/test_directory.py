@@ -669,6 +669,53 @@ class CacheTests(DirectoryTestCase):
         self.assertEqual((yield self.directory.snapshot({alice.id}))[1][0].description, "here")
 
     @inlineCallbacks
+    def test_unrelated_change_keeps_the_cache(self):
+        """A change to other principals (bob, the group alice is in) leaves alice's login cached."""
+        yield self.populate()
+        yield self.directory.authenticate("alice", "alice-pw")
+        yield self.directory.update("bob", description="changed")
+        yield self.directory.create_principal("individual", "carol")
+        yield self.directory.update("staff", description="the staff")
+        before = self.hasher.verifications
+        self.assertEqual((yield self.directory.authenticate("alice", "alice-pw")).name, "alice")
+        self.assertEqual(self.hasher.verifications, before)
+        # The changed principal's own login is checked again.
+        yield self.directory.authenticate("bob", "bob-pw")
+        yield self.directory.update("bob", description="again")
+        yield self.directory.authenticate("bob", "bob-pw")
+        self.assertEqual(self.hasher.verifications, before + 2)
+
+    @inlineCallbacks
+    def test_change_during_a_verification(self):
+        """A verification in flight while its principal changes is not cached; while another changes, it is."""
+        import threading
+
+        from twisted.internet import reactor
+
+        yield self.populate()
+        real_verify = self.directory._verify
+        applied = threading.Event()
+        self.node.add_listener(lambda result: applied.set())
+        changing = []
+
+        def verify_while_changing(secret_hash, password):
+            # On the hash thread: the change commits and is applied before
+            # Argon2's answer reaches the reactor.
+            matched = real_verify(secret_hash, password)
+            applied.clear()
+            reactor.callFromThread(changing.pop(0))
+            applied.wait(10)
+            return matched
+
+        for name, cached in (("bob", True), ("alice", False)):
+            self.directory._verified.clear()
+            changing.append(lambda name=name: self.directory.update(name, description=name))
+            self.patch(self.directory, "_verify", verify_while_changing)
+            self.assertIsNotNone((yield self.directory.authenticate("alice", "alice-pw")))
+            self.patch(self.directory, "_verify", real_verify)
+            self.assertEqual(bool(self.directory._verified), cached, name)
+
+    @inlineCallbacks
     def test_cache_holds_no_password(self):
         """The cache keys hold a keyed digest, never the password."""
         yield self.populate()

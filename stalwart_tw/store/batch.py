@@ -363,6 +363,9 @@ class ApplyResult:
     @ivar modseqs: account id -> its new modseq.
     @ivar type_states: account id -> {type name -> new modseq} for the types
         the batch changed, what the state-change bus publishes.
+    @ivar changed: account id -> {type name -> frozenset of object ids} the
+        batch logged as created, updated or destroyed (what caches of this
+        node drop).
     """
 
     index: int
@@ -371,6 +374,7 @@ class ApplyResult:
     rejected: str = None
     modseqs: dict = field(default_factory=dict)
     type_states: dict = field(default_factory=dict)
+    changed: dict = field(default_factory=dict)
 
     @property
     def applied(self):
@@ -541,7 +545,14 @@ def _apply_changes(connection, batch, index, current):
         _run_operation(connection, op)
     _apply_blob_references(connection, batch.blob_references)
     modseqs, type_states = _log_changes(connection, batch, current)
-    return ApplyResult(index=index, modseqs=modseqs, type_states=type_states)
+    changed = {}
+    for account_id, type_name, object_id, _ in batch.changes:
+        changed.setdefault(account_id, {}).setdefault(type_name, set()).add(object_id)
+    changed = {
+        account_id: {type_name: frozenset(ids) for type_name, ids in types.items()}
+        for account_id, types in changed.items()
+    }
+    return ApplyResult(index=index, modseqs=modseqs, type_states=type_states, changed=changed)
 
 
 # Errors that any node applying the same batch to the same data meets alike.

@@ -42,9 +42,10 @@ Design choices:
  - A successful verification is remembered for L{CACHE_SECONDS} on the
    injected clock, keyed by the login and a BLAKE3 keyed hash of the
    password (the key is random per process, so the cache holds nothing that
-   could be attacked offline). Failures are never cached. Any committed
-   change to a principal drops its entries, and a generation counter keeps
-   a verification that was in flight during the change from being cached.
+   could be attacked offline). Failures are never cached. A committed
+   change to a principal drops its entries alone (a write elsewhere in the
+   directory leaves other users' logins cached), and a verification of a
+   principal that changed while it was in flight is not cached.
 """
 
 import secrets
@@ -126,6 +127,14 @@ def changes_directory(apply_result):
     @return: whether an applied batch changed any principal.
     """
     return CHANGE_TYPE in apply_result.type_states.get(DIRECTORY_ACCOUNT, {})
+
+
+def changed_principals(apply_result):
+    """
+    @return: the ids of the principals an applied batch changed.
+    """
+    ids = apply_result.changed.get(DIRECTORY_ACCOUNT, {}).get(CHANGE_TYPE, ())
+    return {int(principal_id) for principal_id in ids}
 
 
 # Reading; these run on the store's reader threads.
@@ -293,9 +302,14 @@ class Directory:
         self._dummy_hash = None
         # (login, keyed digest of the password) -> (Principal, expiry time).
         self._verified = {}
-        # Bumped by every invalidation: a verification that started before
-        # it must not be cached after it.
+        # Bumped by every change to the directory.
         self._cache_generation = 0
+        # principal id -> the generation of its last change: a
+        # verification of it that started before must not be cached.
+        self._changed_at = {}
+        # Verifications that started before this generation are not cached
+        # (the table above was emptied then, to bound it).
+        self._cache_floor = 0
         # frozenset of principal ids (None: all) -> snapshot, dropped with
         # the login cache: the directory reads far more often than it changes.
         self._snapshots = {}
@@ -307,10 +321,27 @@ class Directory:
         writer.add_listener(self._on_applied)
 
     def _on_applied(self, result):
-        if changes_directory(result):
-            self._cache_generation += 1
-            self._verified = {}
-            self._snapshots = {}
+        changed = changed_principals(result)
+        if not changed:
+            return
+        self._cache_generation += 1
+        self._snapshots = {}
+        # Only the logins of principals that changed are dropped: an
+        # unrelated write must not send every user back to Argon2.
+        for principal_id in changed:
+            self._changed_at[principal_id] = self._cache_generation
+        if len(self._changed_at) > CACHE_MAX_ENTRIES:
+            self._changed_at = {}
+            self._cache_floor = self._cache_generation
+        self._verified = {
+            key: entry for key, entry in self._verified.items() if entry[0].id not in changed
+        }
+
+    def _unchanged_since(self, principal_id, generation):
+        # Whether a verification that started at generation may be kept.
+        return generation >= self._cache_floor and (
+            self._changed_at.get(principal_id, 0) <= generation
+        )
 
     # Reading.
 
@@ -567,7 +598,7 @@ class Directory:
         verified = yield self._in_thread(self._verify, secret_hash, password)
         if not verified or principal is None:
             return None
-        if generation == self._cache_generation:
+        if self._unchanged_since(principal.id, generation):
             self._remember(key, principal)
         return principal
 
