@@ -229,6 +229,8 @@ class NodeService(SequentialService):
         self._extensions = tuple(extensions)
         self.settings = settings
         self.ready = False
+        # From the first moment of a stop: what 503s then say.
+        self.stopping = False
         self.ports = {}
         self.identity = None
         self.cluster = None
@@ -333,6 +335,7 @@ class NodeService(SequentialService):
             threadpool=self.workers,
             reactor=self._reactor,
             cluster=self.describe_cluster,
+            is_stopping=lambda: self.stopping,
         )
 
     # Before the reactor runs.
@@ -496,6 +499,7 @@ class NodeService(SequentialService):
         return ensureDeferred(self._shut_down())
 
     async def _shut_down(self):
+        self.stopping = True
         # No new connection, and peers told, before anything waits for
         # the start in progress or for writes to drain.
         await self._close_ports()

@@ -103,6 +103,33 @@ class UploadTests(BlobSiteTestCase):
         })
 
     @defer.inlineCallbacks
+    def test_disk_full(self):
+        """A full disk is a 507 problem document and one log line, no traceback; then uploads work again."""
+        import errno
+
+        from stalwart_tw.store import blobs as blob_module
+
+        def no_space(descriptor):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(blob_module, "_fsync", no_space)
+        logged = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        response, body = yield self.upload(b"nowhere to go")
+        self.assertEqual(response.code, 507)
+        document = json.loads(body)
+        self.assertEqual(document["status"], 507)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        lines = [event for event in logged if "refused" in event.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.patch(blob_module, "_fsync", os.fsync)
+        response, _ = yield self.upload(b"room again")
+        self.assertEqual(response.code, 201)
+
+    @defer.inlineCallbacks
     def test_default_type_and_no_trailing_slash(self):
         """Without a trailing slash or a Content-Type, the type is application/octet-stream."""
         response, body = yield self.request(

@@ -598,6 +598,40 @@ class PrincipalOneBatchTests(PrincipalTestCase):
                          ["secret"])
 
     @defer.inlineCallbacks
+    def test_invalid_properties_named(self):
+        """Every invalidProperties SetError names the properties at fault."""
+        creates = {
+            "kind": ({"type": "robot", "name": "r2"}, ["type"]),
+            "name": ({"type": "individual", "name": "two words"}, ["name"]),
+            "domain": ({"type": "domain", "name": "not_a_domain"}, ["name"]),
+            "email": ({"type": "individual", "name": "e", "email": "nobody"}, ["email"]),
+            "alias": ({"type": "individual", "name": "a", "aliases": ["x@example.org", "bad"]},
+                      ["aliases"]),
+            "foreign": ({"type": "individual", "name": "f", "email": "f@elsewhere.net"},
+                        ["email", "aliases"]),
+            "quota": ({"type": "individual", "name": "q", "quota": -1}, ["quota"]),
+            "zone": ({"type": "individual", "name": "z", "timeZone": "Mars/Olympus"},
+                     ["timeZone"]),
+            "secret": ({"type": "group", "name": "g", "secret": "a-secret"}, ["secret"]),
+            "members": ({"type": "individual", "name": "m", "members": [principal_id(self.bob.id)]},
+                        ["members"]),
+            "cycle": ({"type": "group", "name": "sales2", "members": ["#cycle"]}, ["members"]),
+        }
+        _, result, _ = yield self.set_call({
+            "create": {key: properties for key, (properties, _) in creates.items()},
+            "update": {principal_id(self.sales.id): {"members": [principal_id(self.sales.id)]},
+                       principal_id(self.bob.id): {"email": "jane@example.org"}},
+        })
+        self.assertIsNone(result["created"])
+        for key, (_, expected) in creates.items():
+            error = result["notCreated"][key]
+            self.assertEqual((error["type"], error.get("properties")),
+                             ("invalidProperties", expected), key)
+        refused = result["notUpdated"]
+        self.assertEqual(refused[principal_id(self.sales.id)]["properties"], ["members"])
+        self.assertEqual(refused[principal_id(self.bob.id)]["properties"], ["email", "aliases"])
+
+    @defer.inlineCallbacks
     def test_one_object_patched_once(self):
         """Two patches of one principal in a call (by id and by reference): the second is refused."""
         _, result, _ = yield self.set_call({

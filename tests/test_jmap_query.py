@@ -380,6 +380,20 @@ class QueryWindowTests(QueryTestCase):
         self.assertEqual(len(result["ids"]), 5)
 
     @defer.inlineCallbacks
+    def test_null_only_where_the_rfc_allows_it(self):
+        """null is refused for position, anchorOffset and calculateTotal; limit and anchor take it."""
+        for arguments in ({"position": None}, {"anchorOffset": None}, {"calculateTotal": None}):
+            error = yield self.error("Principal/query", arguments)
+            self.assertEqual(error, "invalidArguments", arguments)
+        name, result, _ = yield self.one(self.as_admin, "Principal/query", {
+            "accountId": account_id(self.admin.id), "limit": None, "anchor": None,
+            "filter": None, "sort": None})
+        self.assertEqual(name, "Principal/query")
+        error = yield self.error("Principal/queryChanges", {
+            "sinceQueryState": result["queryState"], "calculateTotal": None})
+        self.assertEqual(error, "invalidArguments")
+
+    @defer.inlineCallbacks
     def test_wrong_argument_types(self):
         """Arguments of the wrong type, unknown ones, or no account are invalidArguments."""
         for arguments in ({"position": "1"}, {"position": 1.5}, {"position": True},

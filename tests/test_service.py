@@ -282,7 +282,11 @@ class SessionAuthenticationTests(TestCase):
         self.directory = FakeDirectory({("jane", "pässword"): Principal("jane")})
         settings = load_settings(None, {}, {})
         server = JmapServer(settings, self.directory, [CoreExtension()])
-        self.http = JmapHttp(server, self.directory, settings, lambda: self.ready)
+        self.stopping = False
+        self.http = JmapHttp(
+            server, self.directory, settings, lambda: self.ready,
+            is_stopping=lambda: self.stopping,
+        )
         self.treq = StubTreq(self.http.resource())
 
     @defer.inlineCallbacks
@@ -323,6 +327,17 @@ class SessionAuthenticationTests(TestCase):
         self.ready = False
         response, body = yield self.get(basic("jane", "pässword"))
         self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"5"])
+
+    @defer.inlineCallbacks
+    def test_shutting_down(self):
+        """While the node stops, a 503 says it is shutting down, as serverUnavailable."""
+        self.ready, self.stopping = False, True
+        response, body = yield self.get(basic("jane", "pässword"))
+        self.assertEqual(response.code, 503)
+        document = json.loads(body)
+        self.assertEqual(document["type"], "urn:ietf:params:jmap:error:serverUnavailable")
+        self.assertIn("shutting down", document["detail"])
         self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"5"])
 
     @defer.inlineCallbacks

@@ -22,6 +22,7 @@ reactor thread (quicker than a thread hop); larger ones on the worker pool,
 so a big request never stalls other clients.
 """
 
+import errno
 import os
 import re
 from io import BytesIO
@@ -40,7 +41,13 @@ from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
 from stalwart_tw.http.streaming import FileStreamer
 from stalwart_tw.inflight import uncancellable
-from stalwart_tw.jmap.errors import LIMIT, NOT_JSON, RequestError
+from stalwart_tw.jmap.errors import (
+    LIMIT,
+    NOT_JSON,
+    REQUEST_ERROR_PREFIX,
+    SERVER_UNAVAILABLE,
+    RequestError,
+)
 from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import account_id, account_number
@@ -49,6 +56,8 @@ from stalwart_tw.store.directory import ADMIN_NAME
 from stalwart_tw.store.errors import BlobMissing
 
 PROBLEM_TYPE = "application/problem+json"
+# A write refused for want of space (or of quota on the file system).
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 INLINE_PARSE_LIMIT = 64 * 1024
 
 DEFAULT_BLOB_TYPE = "application/octet-stream"
@@ -343,6 +352,9 @@ class JmapHttp:
     @param settings: the node's L{Settings}.
     @param is_ready: a zero-argument callable, true once the node's data is
         open; until then every route answers 503.
+    @param is_stopping: a zero-argument callable, true once the node is
+        shutting down: its 503s then say so (C{serverUnavailable}), so a
+        client on a kept-alive connection knows to go elsewhere or wait.
     @param threadpool: where large request bodies are decoded and blob
         files read.
     @param cluster: a zero-argument callable returning the cluster
@@ -357,7 +369,7 @@ class JmapHttp:
     event_streams_per_user = 32
 
     def __init__(self, server, directory, settings, is_ready, threadpool=None, reactor=None,
-                 cluster=None):
+                 cluster=None, is_stopping=lambda: False):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -365,6 +377,7 @@ class JmapHttp:
         self._directory = directory
         self._settings = settings
         self._is_ready = is_ready
+        self._is_stopping = is_stopping
         self._threadpool = threadpool
         self._cluster = cluster
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
@@ -416,6 +429,11 @@ class JmapHttp:
 
     def _unavailable(self, request):
         request.setHeader(b"Retry-After", b"5")
+        if self._is_stopping():
+            return problem(
+                request, 503, "Service Unavailable", "The server is shutting down.",
+                REQUEST_ERROR_PREFIX + SERVER_UNAVAILABLE,
+            )
         return problem(request, 503, "Service Unavailable", "The server is starting.")
 
     def _not_found(self, request, detail):
@@ -583,6 +601,18 @@ class JmapHttp:
             return jmap_problem(request, error)
         except LimitReached:
             return _busy(request, self._uploads.limit, "uploads", "maxConcurrentUpload")
+        except OSError as error:
+            if error.errno not in _DISK_FULL:
+                raise
+            # The operator's problem, not the client's: one line, no traceback.
+            self.log.error(
+                "upload to account {account} refused: {reason}",
+                account=number, reason=os.strerror(error.errno),
+            )
+            return problem(
+                request, 507, "Insufficient Storage",
+                "The server has no room for this upload now; try again later.",
+            )
         content_type = request.getHeader(b"Content-Type") or DEFAULT_BLOB_TYPE.encode()
         request.setResponseCode(201)
         return json_response(request, {

@@ -37,6 +37,7 @@ from stalwart_tw.store.directory import (
 )
 from stalwart_tw.store.principal_changes import (
     _build_create,
+    _check_address,
     _build_delete,
     _build_replace,
     _check_replace,
@@ -208,7 +209,8 @@ class PrincipalType(WritableType):
     def build_create(self, draft, call, creation_id, properties):
         _check_writable(properties, creating=True)
         members = self._member_names(draft, call, properties.get("members") or [])
-        with _as_set_error():
+        _check_addresses(properties)
+        with _as_set_error(properties):
             new = _new_principal(
                 properties.get("type"), properties.get("name"), properties.get("secret"),
                 properties.get("description"), properties.get("email"),
@@ -234,7 +236,7 @@ class PrincipalType(WritableType):
         }
         secret_hash = None
         if "secret" in patched:
-            with _as_set_error():
+            with _as_set_error(["secret"]):
                 _check_secret(patched["secret"])
             secret_hash = call.prepared.update_hashes.get(call.key)
         addresses = None
@@ -247,7 +249,10 @@ class PrincipalType(WritableType):
             members = self._member_names(draft, call, patched.get("members") or [])
         if not (changes or addresses is not None or members is not None or secret_hash):
             return None
-        with _as_set_error():
+        if addresses is not None:
+            _check_addresses(patched)
+        touched = [prop for prop, column in _FIELDS.items() if column in changes]
+        with _as_set_error([*touched, *(["email", "aliases"] if addresses else [])]):
             changes, addresses, members = _check_replace(changes, addresses, members)
             if secret_hash is not None:
                 changes["secret_hash"] = secret_hash
@@ -257,7 +262,7 @@ class PrincipalType(WritableType):
     def build_destroy(self, draft, call, object_id, current):
         if current["name"] == ADMIN_NAME:
             raise SetError("forbidden", "the admin principal cannot be destroyed")
-        with _as_set_error():
+        with _as_set_error(["id"]):
             _build_delete(draft, current["name"])
 
     def _member_names(self, draft, call, member_ids):
@@ -265,7 +270,12 @@ class PrincipalType(WritableType):
             raise SetError("invalidProperties", "members must be an array of ids", ["members"])
         names = []
         for given in member_ids:
-            number = principal_number(call.resolve_id(given))
+            try:
+                number = principal_number(call.resolve_id(given))
+            except SetError:
+                raise SetError(
+                    "invalidProperties", f"no principal was created as {given!r}", ["members"]
+                ) from None
             member = None if number is None else draft.first("principals", id=number)
             if member is None:
                 raise SetError("invalidProperties", f"no principal {given!r}", ["members"])
@@ -331,23 +341,50 @@ _SHAPES = {
 }
 
 
-_PROPERTY_OF_ERROR = {
-    "PrincipalExists": ["name"],
-    "AddressInUse": ["email", "aliases"],
+# What of a principal a directory rule is about -> the Principal properties
+# an invalidProperties SetError names (RFC 8620 section 5.3).
+_PROPERTIES_OF_FIELD = {
+    "name": ["name"],
+    "kind": ["type"],
+    "address": ["email", "aliases"],
+    "members": ["members"],
+    "secret": ["secret"],
+    "quota": ["quota"],
+    "timezone": ["timeZone"],
+    "description": ["description"],
 }
 
 
 class _as_set_error:
-    # A directory rule broken while building: that object's SetError.
+    """
+    A directory rule broken while building: that object's SetError,
+    naming the properties at fault (C{given}, those the client sent, when
+    the rule does not say).
+    """
+
+    def __init__(self, given=()):
+        self._given = sorted(set(given) - {"id"})
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
         if isinstance(error, DirectoryError):
-            properties = _PROPERTY_OF_ERROR.get(type(error).__name__)
+            properties = _PROPERTIES_OF_FIELD.get(error.field) or self._given or None
             raise SetError("invalidProperties", str(error), properties) from None
         return False
+
+
+def _check_addresses(properties):
+    # Each address property on its own, so that a SetError names the one
+    # at fault rather than both.
+    given = [("email", properties.get("email"))] if properties.get("email") is not None else []
+    given += [("aliases", alias) for alias in properties.get("aliases") or ()]
+    for name, address in given:
+        try:
+            _check_address(address)
+        except DirectoryError as error:
+            raise SetError("invalidProperties", str(error), [name]) from None
 
 
 class PrincipalsExtension(Extension):

@@ -318,9 +318,16 @@ def _is_int(value):
 
 
 def _int_argument(arguments, name, default, minimum=None):
-    value = arguments.get(name)
-    if value is None:
+    """
+    @param default: the value when the argument is absent; when it is
+        C{None} the argument is nullable (RFC 8620 says C{Int|null}), else
+        null is refused like any other value that is not an integer.
+    """
+    if name not in arguments:
         return default
+    value = arguments[name]
+    if value is None and default is None:
+        return None
     if not _is_int(value) or (minimum is not None and value < minimum):
         kind = "an integer" if minimum is None else f"an integer of at least {minimum}"
         raise invalid_arguments(f"{name!r} must be {kind}")

@@ -50,7 +50,15 @@ class DirectoryError(ValueError):
     """
     A directory request that cannot be done; the message says what and
     which value.
+
+    @ivar field: what of the principal is at fault (C{"name"}, C{"kind"},
+        C{"address"}, C{"members"}, C{"secret"}, C{"quota"},
+        C{"timezone"}, C{"description"}), or C{None}.
     """
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
 
 
 class PrincipalExists(DirectoryError):
@@ -83,24 +91,30 @@ class InvalidPrincipal(DirectoryError):
 
 def _check_kind(kind):
     if kind not in KINDS:
-        raise InvalidPrincipal(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
+        raise InvalidPrincipal(
+            f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}", field="kind"
+        )
     return kind
 
 
 def _lookup_name(name):
     if not isinstance(name, str):
-        raise InvalidPrincipal(f"a principal name must be a string, not {name!r}")
+        raise InvalidPrincipal(f"a principal name must be a string, not {name!r}", field="name")
     return name.lower()
 
 
 def _check_name(kind, name):
     name = _lookup_name(name)
     if not name:
-        raise InvalidPrincipal("a principal name cannot be empty")
+        raise InvalidPrincipal("a principal name cannot be empty", field="name")
     if len(name) > NAME_MAX:
-        raise InvalidPrincipal(f"name {name[:40]!r}... is longer than {NAME_MAX} characters")
+        raise InvalidPrincipal(
+            f"name {name[:40]!r}... is longer than {NAME_MAX} characters", field="name"
+        )
     if any(char.isspace() or not char.isprintable() for char in name):
-        raise InvalidPrincipal(f"name {name!r} contains whitespace or control characters")
+        raise InvalidPrincipal(
+            f"name {name!r} contains whitespace or control characters", field="name"
+        )
     if kind == DOMAIN:
         _check_domain_name(name)
     return name
@@ -116,7 +130,8 @@ def _check_domain_name(name):
     ):
         raise InvalidPrincipal(
             f"{name!r} is not a domain name (dot-separated labels of letters, digits "
-            "and inner hyphens; write international names in their xn-- form)"
+            "and inner hyphens; write international names in their xn-- form)",
+            field="name",
         )
 
 
@@ -125,7 +140,9 @@ def _check_address(address):
     @return: (the address lower-cased, its domain).
     """
     if not isinstance(address, str):
-        raise InvalidPrincipal(f"an e-mail address must be a string, not {address!r}")
+        raise InvalidPrincipal(
+            f"an e-mail address must be a string, not {address!r}", field="address"
+        )
     address = address.lower()
     local, at, domain = address.rpartition("@")
     if (
@@ -137,13 +154,17 @@ def _check_address(address):
         or len(address) > ADDRESS_MAX
         or any(char.isspace() or not char.isprintable() for char in address)
     ):
-        raise InvalidPrincipal(f"{address!r} is not an e-mail address of the form local@domain")
+        raise InvalidPrincipal(
+            f"{address!r} is not an e-mail address of the form local@domain", field="address"
+        )
     return address, domain
 
 
 def _check_quota(quota):
     if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota <= QUOTA_MAX:
-        raise InvalidPrincipal(f"quota {quota!r} must be a whole number of bytes >= 0")
+        raise InvalidPrincipal(
+            f"quota {quota!r} must be a whole number of bytes >= 0", field="quota"
+        )
     return quota
 
 
@@ -153,19 +174,21 @@ def _check_timezone(timezone):
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidPrincipal(f"unknown time zone {timezone!r}") from None
+        raise InvalidPrincipal(f"unknown time zone {timezone!r}", field="timezone") from None
     return timezone
 
 
 def _check_description(description):
     if description is not None and not isinstance(description, str):
-        raise InvalidPrincipal(f"a description must be a string, not {description!r}")
+        raise InvalidPrincipal(
+            f"a description must be a string, not {description!r}", field="description"
+        )
     return description
 
 
 def _check_secret(secret):
     if secret is not None and (not isinstance(secret, str) or not secret):
-        raise InvalidPrincipal("a secret must be a non-empty string")
+        raise InvalidPrincipal("a secret must be a non-empty string", field="secret")
     return secret
 
 
@@ -199,20 +222,24 @@ def _new_principal(kind, name, secret, description, email, aliases, members, quo
     _check_kind(kind)
     name = _check_name(kind, name)
     if secret is not None and kind != INDIVIDUAL:
-        raise InvalidPrincipal(f"{name!r}: only individuals have a secret, not a {kind}")
+        raise InvalidPrincipal(
+            f"{name!r}: only individuals have a secret, not a {kind}", field="secret"
+        )
     _check_secret(secret)
     aliases = tuple(_check_address(alias)[0] for alias in _as_tuple(aliases))
     if email is not None:
         email = _check_address(email)[0]
     if kind == DOMAIN and (email is not None or aliases):
-        raise InvalidPrincipal(f"domain {name!r} cannot have e-mail addresses")
+        raise InvalidPrincipal(f"domain {name!r} cannot have e-mail addresses", field="address")
     addresses = ([email] if email else []) + list(aliases)
     repeated = sorted({a for a in addresses if addresses.count(a) > 1})
     if repeated:
-        raise InvalidPrincipal(f"address {repeated[0]} is given more than once")
+        raise InvalidPrincipal(f"address {repeated[0]} is given more than once", field="address")
     members = tuple(_lookup_name(member) for member in _as_tuple(members))
     if members and kind not in MEMBER_KINDS:
-        raise InvalidPrincipal(f"{name!r} is a {kind}; only groups and lists have members")
+        raise InvalidPrincipal(
+            f"{name!r} is a {kind}; only groups and lists have members", field="members"
+        )
     return _NewPrincipal(
         kind=kind, name=name, secret_hash=None, description=_check_description(description),
         email=email, aliases=aliases, members=members, quota=_check_quota(quota),
@@ -250,7 +277,9 @@ def _check_replace(changes, addresses, members):
     """
     changes = _check_changes(dict(changes)) if changes else {}
     if "email" in changes:
-        raise InvalidPrincipal("give the primary address in addresses, not in changes")
+        raise InvalidPrincipal(
+            "give the primary address in addresses, not in changes", field="address"
+        )
     if addresses is not None:
         email, aliases = addresses
         addresses = (
@@ -322,20 +351,24 @@ def _check_address_free(draft, address, principal_id, name):
     """
     domain = address.rpartition("@")[2]
     if draft.first("principals", name=domain, kind=DOMAIN) is None:
-        raise InvalidPrincipal(f"{address}: {domain!r} is not a domain of this directory")
+        raise InvalidPrincipal(
+            f"{address}: {domain!r} is not a domain of this directory", field="address"
+        )
     owner = _owner_of(draft, address)
     if owner is None:
         return
     if owner.principal_id == principal_id:
-        raise AddressInUse(f"{address} is already an address of {name!r}")
-    raise AddressInUse(f"{address} is already used by {owner.name!r}")
+        raise AddressInUse(f"{address} is already an address of {name!r}", field="address")
+    raise AddressInUse(f"{address} is already used by {owner.name!r}", field="address")
 
 
 def _refuse_domain_in_use(draft, domain, doing):
     in_use = _addresses_in_domain(draft, domain)
     if in_use:
         shown = ", ".join(in_use[:5]) + (f" and {len(in_use) - 5} more" if len(in_use) > 5 else "")
-        raise AddressInUse(f"cannot {doing} domain {domain!r}: addresses still use it: {shown}")
+        raise AddressInUse(
+            f"cannot {doing} domain {domain!r}: addresses still use it: {shown}", field="name"
+        )
 
 
 def _contains(draft, group_id, wanted_id):
@@ -366,18 +399,21 @@ def _check_member(draft, group, member):
     allowed = MEMBER_KINDS.get(group.kind)
     if allowed is None:
         raise InvalidPrincipal(
-            f"{group.name!r} is a {group.kind}; only groups and lists have members"
+            f"{group.name!r} is a {group.kind}; only groups and lists have members",
+            field="members",
         )
     if member.id == group.id:
-        raise InvalidPrincipal(f"{group.name!r} cannot be a member of itself")
+        raise InvalidPrincipal(f"{group.name!r} cannot be a member of itself", field="members")
     if member.kind not in allowed:
         raise InvalidPrincipal(
             f"{member.name!r} is a {member.kind}; "
-            f"a {group.kind} holds only {' and '.join(allowed)}s"
+            f"a {group.kind} holds only {' and '.join(allowed)}s",
+            field="members",
         )
     if member.kind == GROUP and _contains(draft, member.id, group.id):
         raise InvalidPrincipal(
-            f"{group.name!r} cannot hold {member.name!r}: {member.name!r} already contains it"
+            f"{group.name!r} cannot hold {member.name!r}: {member.name!r} already contains it",
+            field="members",
         )
 
 
@@ -405,7 +441,7 @@ def _log(batch, principal_id, kind):
 def _build_create(draft, new):
     batch = draft.batch
     if draft.first("principals", name=new.name) is not None:
-        raise PrincipalExists(f"a principal named {new.name!r} already exists")
+        raise PrincipalExists(f"a principal named {new.name!r} already exists", field="name")
     principal_id = _next_principal_id(draft)
     addresses = ([(new.email, False)] if new.email else []) + [(a, True) for a in new.aliases]
     for address, _ in addresses:
@@ -414,7 +450,7 @@ def _build_create(draft, new):
     member_ids = []
     for member_name in new.members:
         if member_name == new.name:
-            raise InvalidPrincipal(f"{new.name!r} cannot be a member of itself")
+            raise InvalidPrincipal(f"{new.name!r} cannot be a member of itself", field="members")
         member = _require(draft, member_name)
         _check_member(draft, group, member)
         member_ids.append(member.id)
@@ -455,14 +491,17 @@ def _build_update(draft, name, changes):
         new_name = _check_name(row.kind, changes["name"])
         if new_name != row.name:
             if draft.first("principals", name=new_name) is not None:
-                raise PrincipalExists(f"a principal named {new_name!r} already exists")
+                raise PrincipalExists(
+                    f"a principal named {new_name!r} already exists", field="name"
+                )
             if row.kind == DOMAIN:
                 _refuse_domain_in_use(draft, row.name, "rename")
             values["name"] = new_name
     if "secret_hash" in changes:
         if row.kind != INDIVIDUAL and changes["secret_hash"] is not None:
             raise InvalidPrincipal(
-                f"{row.name!r}: only individuals have a secret, not a {row.kind}"
+                f"{row.name!r}: only individuals have a secret, not a {row.kind}",
+                field="secret",
             )
         values["secret"] = changes["secret_hash"]
     for field in ("description", "quota", "timezone"):
@@ -478,7 +517,9 @@ def _build_update(draft, name, changes):
 
 def _set_primary(draft, row, address):
     if row.kind == DOMAIN and address is not None:
-        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+        raise InvalidPrincipal(
+            f"domain {row.name!r} cannot have e-mail addresses", field="address"
+        )
     found = draft.first("principal_emails", principal_id=row.id, is_alias=False)
     current = None if found is None else found["address"]
     if address == current:
@@ -518,7 +559,9 @@ def _build_delete(draft, name):
 def _build_add_alias(draft, name, address):
     row = _require(draft, name)
     if row.kind == DOMAIN:
-        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+        raise InvalidPrincipal(
+            f"domain {row.name!r} cannot have e-mail addresses", field="address"
+        )
     _check_address_free(draft, address, row.id, row.name)
     draft.batch.insert("principal_emails", address=address, principal_id=row.id, is_alias=True)
     _log(draft.batch, row.id, "updated")
@@ -529,10 +572,11 @@ def _build_remove_alias(draft, name, address):
     row = _require(draft, name)
     owner = _owner_of(draft, address)
     if owner is None or owner.principal_id != row.id:
-        raise InvalidPrincipal(f"{address} is not an alias of {row.name!r}")
+        raise InvalidPrincipal(f"{address} is not an alias of {row.name!r}", field="address")
     if not owner.is_alias:
         raise InvalidPrincipal(
-            f"{address} is the primary address of {row.name!r}; change it with update(email=...)"
+            f"{address} is the primary address of {row.name!r}; change it with update(email=...)",
+            field="address",
         )
     draft.batch.delete("principal_emails", address=address)
     _log(draft.batch, row.id, "updated")
@@ -544,7 +588,9 @@ def _build_add_member(draft, group_name, member_name):
     member = _require(draft, member_name)
     _check_member(draft, group, member)
     if _is_member(draft, group.id, member.id):
-        raise InvalidPrincipal(f"{member.name!r} is already a member of {group.name!r}")
+        raise InvalidPrincipal(
+            f"{member.name!r} is already a member of {group.name!r}", field="members"
+        )
     draft.batch.insert("principal_members", group_id=group.id, member_id=member.id)
     _log(draft.batch, group.id, "updated")
     return group.id
@@ -554,7 +600,9 @@ def _build_remove_member(draft, group_name, member_name):
     group = _require(draft, group_name)
     member = _require(draft, member_name)
     if not _is_member(draft, group.id, member.id):
-        raise InvalidPrincipal(f"{member.name!r} is not a member of {group.name!r}")
+        raise InvalidPrincipal(
+            f"{member.name!r} is not a member of {group.name!r}", field="members"
+        )
     draft.batch.delete("principal_members", group_id=group.id, member_id=member.id)
     _log(draft.batch, group.id, "updated")
     return group.id
@@ -570,9 +618,11 @@ def _build_set_addresses(draft, name, email, aliases):
     wanted = ([(email, False)] if email is not None else []) + [(a, True) for a in aliases]
     addresses = [address for address, _ in wanted]
     if len(set(addresses)) != len(addresses):
-        raise InvalidPrincipal(f"an address of {row.name!r} is given twice")
+        raise InvalidPrincipal(f"an address of {row.name!r} is given twice", field="address")
     if row.kind == DOMAIN and wanted:
-        raise InvalidPrincipal(f"domain {row.name!r} cannot have e-mail addresses")
+        raise InvalidPrincipal(
+            f"domain {row.name!r} cannot have e-mail addresses", field="address"
+        )
     current = {found["address"] for found in draft.rows("principal_emails", principal_id=row.id)}
     for address in addresses:
         if address not in current:
