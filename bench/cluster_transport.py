@@ -35,7 +35,7 @@ import time
 from twisted.internet import defer, error, protocol, reactor, task
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECRET = "bench-secret"
+SECRET = "the-bench-secret"
 KEY = "bench-cluster-encryption-key"
 IN_FLIGHT = 64
 PACKET_ROUNDS = 64

@@ -28,7 +28,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECRET = "bench-secret"
+SECRET = "the-bench-secret"
 
 
 def free_port():

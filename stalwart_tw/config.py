@@ -43,6 +43,11 @@ from stalwart_tw.setting_kinds import (
     _Invalid,
 )
 
+# The shortest secret a node takes (admin-secret, encryption-key, the key
+# file it generates): every gossip and RPC key is derived from the
+# encryption key, so a short one could be guessed from one captured packet.
+MIN_SECRET_LENGTH = 16
+
 
 class ConfigError(Exception):
     """
@@ -198,8 +203,10 @@ SETTINGS = (
               "threads for blocking work (count; default: number of CPUs)",
               minimum=1, derive=_cpu_count),
         _kind("string", "admin-secret", None,
-              "password of the built-in admin principal (text; generated "
-              "and printed once at first start when absent)", secret=True),
+              "password of the built-in admin principal (text of at least "
+              f"{MIN_SECRET_LENGTH} characters; generated and shown once on the "
+              "terminal at first start when absent)", secret=True,
+              minimum=MIN_SECRET_LENGTH),
     ),
     *_section(
         "JMAP web server",
@@ -308,9 +315,10 @@ SETTINGS = (
     *_section(
         "OAuth",
         _kind("string", "encryption-key", None,
-              "secret that signs tokens and keys the cluster (text; "
-              "generated at first start when absent, single node only)",
-              secret=True),
+              f"secret that signs tokens and keys the cluster (text of at least "
+              f"{MIN_SECRET_LENGTH} characters; generated at first start when absent, "
+              "single node only)",
+              secret=True, minimum=MIN_SECRET_LENGTH),
         _int("oauth-user-code-expiry", 1800,
              "seconds a device flow user code lives", 1),
         _int("oauth-auth-code-expiry", 600,

@@ -35,14 +35,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from stalwart_tw.config import SETTINGS, ConfigError, load_settings
+from stalwart_tw.config import MIN_SECRET_LENGTH, SETTINGS, ConfigError, load_settings
 from stalwart_tw.lifecycle import SequentialService
 from stalwart_tw.logs import Logger, set_level
 from stalwart_tw.store.engine import check_database
 from stalwart_tw.store.errors import StoreError
 
 ENCRYPTION_KEY_FILE = "encryption.key"
-MIN_KEY_LENGTH = 16
+MIN_KEY_LENGTH = MIN_SECRET_LENGTH
 
 
 class StartupError(Exception):

@@ -90,6 +90,9 @@ def _parse_string(setting: Setting, raw: Any) -> str:
     # Free text keeps its spaces: sieve-vacation-subject-prefix is "Auto: ".
     if not isinstance(raw, str):
         raise _Invalid()
+    # A minimum is a secret's: spaces around it do not count towards it.
+    if setting.minimum is not None and len(raw.strip()) < setting.minimum:
+        raise _Invalid()
     return raw
 
 
@@ -266,7 +269,10 @@ def _expected_integer(setting: Setting) -> str:
 _EXPECTED = {
     "integer": _expected_integer,
     "boolean": lambda s: "a boolean (true/false, yes/no, on/off, 1/0)",
-    "string": lambda s: "a string",
+    "string": lambda s: (
+        "a string" if s.minimum is None
+        else f"a string of at least {s.minimum} characters (spaces around it do not count)"
+    ),
     "path": lambda s: "a non-empty path",
     "choice": lambda s: "one of: " + ", ".join(s.choices),
     "rate": lambda s: "a rate 'count/seconds' with both >= 1, like '10/60'",

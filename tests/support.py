@@ -45,7 +45,7 @@ def node_settings(test, **overrides):
         "db-path": os.path.abspath(test.mktemp()),
         "jmap-port": "0",
         "manhole-port": "0",
-        "admin-secret": "service-secret",
+        "admin-secret": "the-service-secret",
     }
     values.update(overrides)
     return load_settings(None, values, {})

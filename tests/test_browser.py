@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGE = """<!doctype html>
 <html><body><script>
 const base = "%(base)s";
-const auth = "Basic " + btoa("admin:service-secret");
+const auth = "Basic " + btoa("admin:the-service-secret");
 const report = {};
 async function run() {
   const sessionResponse = await fetch(base + "/.well-known/jmap",

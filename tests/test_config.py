@@ -387,7 +387,7 @@ class ValueTests(_ConfigTestMixin, TestCase):
     def test_empty_optional(self):
         """An empty value for an optional setting leaves it unset."""
         settings = load(
-            command_line={"admin-secret": "s3cret"},
+            command_line={"admin-secret": "a-long-enough-s3cret"},
             environ={"ADMIN_SECRET": ""},
         )
         self.assertIsNone(settings.admin_secret)
@@ -682,6 +682,27 @@ class SourceErrorTests(_ConfigTestMixin, TestCase):
         )
 
 
+class WeakSecretTests(_ConfigTestMixin, TestCase):
+    """
+    Secrets shorter than 16 characters stop start-up, named, never shown.
+    """
+
+    def test_short_secrets_refused(self):
+        """admin-secret and encryption-key of 'a', spaces or 15 characters are refused in one line."""
+        for name in ("admin-secret", "encryption-key"):
+            for weak in ("a", " ", " " * 20, "Q" * 15, "  fifteen-chars  "):
+                message = self.error_of(command_line={name: weak})
+                self.assertIn(f"setting {name!r} = <hidden>", message)
+                self.assertIn("at least 16 characters", message)
+                if len(weak.strip()) > 1:
+                    self.assertNotIn(weak.strip(), message)
+
+    def test_long_enough_secret(self):
+        """Sixteen characters are enough."""
+        settings = load(environ={"ADMIN_SECRET": "x" * 16, "ENCRYPTION_KEY": "k" * 16})
+        self.assertEqual((settings.admin_secret, settings.encryption_key), ("x" * 16, "k" * 16))
+
+
 class CrossCheckTests(_ConfigTestMixin, TestCase):
     """
     Settings that only make sense together.
@@ -726,7 +747,8 @@ class CrossCheckTests(_ConfigTestMixin, TestCase):
         """A node in a cluster needs encryption-key: a generated one would differ per node."""
         self.assertEqual(
             self.error_of(command_line={"rpc-advertise-addr": "10.0.0.1"}),
-            "setting 'encryption-key' = None (default): expected a string, because "
+            "setting 'encryption-key' = None (default): expected a string of at least 16 "
+            "characters (spaces around it do not count), because "
             "'rpc-advertise-addr' is set (from command line --rpc-advertise-addr)",
         )
 
@@ -809,7 +831,7 @@ class SettingsObjectTests(_ConfigTestMixin, TestCase):
 
     def test_repr_hides_secrets(self):
         """repr() shows values but never secrets."""
-        settings = load(environ={"ENCRYPTION_KEY": "topsecret"})
+        settings = load(environ={"ENCRYPTION_KEY": "topsecret-topsecret"})
         self.assertIn("jmap_port=8080", repr(settings))
         self.assertIn("encryption_key=<hidden>", repr(settings))
         self.assertNotIn("topsecret", repr(settings))

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from tests.support import NodeServiceMixin
 
-ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:service-secret")]}
+ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:the-service-secret")]}
 PAGE = b"https://webmail.example.net"
 
 
@@ -337,8 +337,8 @@ class AdminClusterTests(SiteTestCase):
     @defer.inlineCallbacks
     def test_others_forbidden(self):
         """Anyone else gets 403; no credentials, 401."""
-        yield self.service.directory.create_principal("individual", "jane", secret="jane-pw")
-        jane = {b"Authorization": [b"Basic " + b64encode(b"jane:jane-pw")]}
+        yield self.service.directory.create_principal("individual", "jane", secret="jane-password")
+        jane = {b"Authorization": [b"Basic " + b64encode(b"jane:jane-password")]}
         response, body = yield self.request("GET", "/admin/cluster", headers=jane)
         self.assertEqual((response.code, json.loads(body)["status"]), (403, 403))
         response, _ = yield self.request("GET", "/admin/cluster")

@@ -27,8 +27,8 @@ def basic(name, password):
     return {b"Authorization": [b"Basic " + b64encode(f"{name}:{password}".encode())]}
 
 
-JANE = basic("jane", "jane-pw")
-BOB = basic("bob", "bob-pw")
+JANE = basic("jane", "jane-password")
+BOB = basic("bob", "bob-password")
 
 
 class BlobSiteTestCase(NodeServiceMixin, TestCase):
@@ -43,8 +43,8 @@ class BlobSiteTestCase(NodeServiceMixin, TestCase):
     def setUp(self):
         service = yield self.start_with_client(**self.settings_overrides)
         directory = service.directory
-        self.jane = yield directory.create_principal("individual", "jane", secret="jane-pw")
-        self.bob = yield directory.create_principal("individual", "bob", secret="bob-pw")
+        self.jane = yield directory.create_principal("individual", "jane", secret="jane-password")
+        self.bob = yield directory.create_principal("individual", "bob", secret="bob-password")
         self.team = yield directory.create_principal("group", "team", members=["jane"])
 
     def upload(self, data, account=None, headers=JANE, content_type=None):

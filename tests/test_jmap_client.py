@@ -43,7 +43,7 @@ class JmapcTests(NodeServiceMixin, TestCase):
         from jmapc import Client
 
         client = Client.create_with_password(
-            host=self.host, user="admin", password="service-secret"
+            host=self.host, user="admin", password="the-service-secret"
         )
         session = client.requests_session
         # requests lets REQUESTS_CA_BUNDLE in the environment override a

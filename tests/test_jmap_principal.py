@@ -40,9 +40,9 @@ class PrincipalTestCase(NodeServiceMixin, TestCase):
         self.admin = yield directory.get("admin")
         yield directory.create_principal("domain", "example.org")
         self.jane = yield directory.create_principal(
-            "individual", "jane", secret="jane-pw", email="jane@example.org"
+            "individual", "jane", secret="jane-password", email="jane@example.org"
         )
-        self.bob = yield directory.create_principal("individual", "bob", secret="bob-pw")
+        self.bob = yield directory.create_principal("individual", "bob", secret="bob-password")
         self.sales = yield directory.create_principal("group", "sales", members=["jane"])
         self.url = self.base + "/jmap/"
 
@@ -62,8 +62,8 @@ class PrincipalTestCase(NodeServiceMixin, TestCase):
         responses = yield self.call(who, [[name, arguments, "c"]], using)
         return responses[0]
 
-    as_admin = ("admin", "service-secret")
-    as_jane = ("jane", "jane-pw")
+    as_admin = ("admin", "the-service-secret")
+    as_jane = ("jane", "jane-password")
 
 
 class PrincipalGetTests(PrincipalTestCase):
@@ -280,7 +280,7 @@ class SessionPrincipalsTests(PrincipalTestCase):
     def test_capability_in_session(self):
         """The capability is listed, primary on the user's account, with their principal id."""
         response = yield self.http.get(
-            self.url + "session", headers=credentials("jane", "jane-pw"))
+            self.url + "session", headers=credentials("jane", "jane-password"))
         session = yield response.json()
         capability = "urn:ietf:params:jmap:principals"
         self.assertIn(capability, session["capabilities"])
@@ -452,7 +452,7 @@ class PrincipalSetTests(PrincipalTestCase):
     @defer.inlineCallbacks
     def test_created_ids_in_response(self):
         """createdIds given in the request come back with the new creation ids."""
-        response = yield self.http.post(self.url, headers=credentials("admin", "service-secret"),
+        response = yield self.http.post(self.url, headers=credentials("admin", "the-service-secret"),
                                         data=json.dumps({
             "using": USING, "createdIds": {},
             "methodCalls": [["Principal/set", {"accountId": account_id(self.admin.id), "create": {
@@ -613,6 +613,8 @@ class PrincipalOneBatchTests(PrincipalTestCase):
             "zone": ({"type": "individual", "name": "z", "timeZone": "Mars/Olympus"},
                      ["timeZone"]),
             "secret": ({"type": "group", "name": "g", "secret": "a-secret"}, ["secret"]),
+            "short": ({"type": "individual", "name": "s", "secret": "seven77"}, ["secret"]),
+            "blank": ({"type": "individual", "name": "b", "secret": "          "}, ["secret"]),
             "members": ({"type": "individual", "name": "m", "members": [principal_id(self.bob.id)]},
                         ["members"]),
             "cycle": ({"type": "group", "name": "sales2", "members": ["#cycle"]}, ["members"]),
@@ -630,6 +632,9 @@ class PrincipalOneBatchTests(PrincipalTestCase):
         refused = result["notUpdated"]
         self.assertEqual(refused[principal_id(self.sales.id)]["properties"], ["members"])
         self.assertEqual(refused[principal_id(self.bob.id)]["properties"], ["email", "aliases"])
+        _, result, _ = yield self.set_call({
+            "update": {principal_id(self.bob.id): {"secret": "short"}}})
+        self.assertEqual(result["notUpdated"][principal_id(self.bob.id)]["properties"], ["secret"])
 
     @defer.inlineCallbacks
     def test_one_object_patched_once(self):
@@ -652,13 +657,13 @@ class PrincipalOneBatchTests(PrincipalTestCase):
         next_id = principal_id(principal_number(lee) + 1)
         _, result, _ = yield self.set_call({
             "create": {"k": {"type": "individual", "name": "max"}},
-            "update": {"#k": {"secret": "by-reference"}, next_id: {"secret": "by-id"}},
+            "update": {"#k": {"secret": "by-reference"}, next_id: {"secret": "by-id-secret"}},
         })
         self.assertEqual(result["created"]["k"]["id"], next_id)
         self.assertEqual(list(result["updated"]), [next_id])
         self.assertEqual(result["notUpdated"][next_id]["type"], "invalidPatch")
         self.assertIsNotNone((yield directory.authenticate("max", "by-reference")))
-        self.assertIsNone((yield directory.authenticate("max", "by-id")))
+        self.assertIsNone((yield directory.authenticate("max", "by-id-secret")))
 
     @defer.inlineCallbacks
     def test_conflicts_twice(self):
@@ -705,7 +710,7 @@ class PrincipalOneBatchTests(PrincipalTestCase):
         self.assertIsNone((yield directory.authenticate("ben", "ben-secret")))
         self.assertIsNotNone((yield directory.authenticate("ben", "ben-second")))
         self.assertIsNotNone((yield directory.authenticate("jane", "jane-second")))
-        self.assertIsNone((yield directory.authenticate("jane", "jane-pw")))
+        self.assertIsNone((yield directory.authenticate("jane", "jane-password")))
 
 
 class PrincipalSetLimitTests(PrincipalTestCase):

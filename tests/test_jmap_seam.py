@@ -28,7 +28,7 @@ from tests.notes import NOTES_CAPABILITY, NotesExtension, notes_extension
 from tests.support import NodeServiceMixin, open_store_and_node
 
 USING = [CORE_CAPABILITY, NOTES_CAPABILITY]
-ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:service-secret")],
+ADMIN = {b"Authorization": [b"Basic " + b64encode(b"admin:the-service-secret")],
          b"Content-Type": [b"application/json"]}
 
 

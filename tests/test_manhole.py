@@ -185,7 +185,7 @@ class HelperTests(ManholeTestCase):
         client = yield self.logged_in()
         yield client.run("create_domain('example.org')")
         yield client.run(
-            "create_account('alice', 'pw', email='alice@example.org', quota=1048576)"
+            "create_account('alice', 'alice-password', email='alice@example.org', quota=1048576)"
         )
         output = yield client.run("show('alice')")
         for line in [
@@ -199,10 +199,22 @@ class HelperTests(ManholeTestCase):
     def test_account_can_log_in(self):
         """An account created in the shell authenticates with its password."""
         client = yield self.logged_in()
-        yield client.run("create_account('bob', 'bob-pw')")
-        self.assertEqual((yield self.directory.authenticate("bob", "bob-pw")).name, "bob")
-        yield client.run("update('bob', password='new-pw')")
-        self.assertIsNotNone((yield self.directory.authenticate("bob", "new-pw")))
+        yield client.run("create_account('bob', 'bob-password')")
+        self.assertEqual((yield self.directory.authenticate("bob", "bob-password")).name, "bob")
+        yield client.run("update('bob', password='new-password')")
+        self.assertIsNotNone((yield self.directory.authenticate("bob", "new-password")))
+
+    @inlineCallbacks
+    def test_short_password_refused(self):
+        """The shell refuses a password shorter than the minimum, saying so; nothing is created."""
+        client = yield self.logged_in()
+        output = yield client.run("create_account('carl', 'short')")
+        self.assertIn("at least 8 characters", output)
+        self.assertIsNone((yield self.directory.get("carl")))
+        yield client.run("create_account('dana', 'dana-password')")
+        output = yield client.run("update('dana', password='        x       ')")
+        self.assertIn("at least 8 characters", output)
+        self.assertIsNotNone((yield self.directory.authenticate("dana", "dana-password")))
 
     @inlineCallbacks
     def test_error_text_shown(self):
@@ -231,8 +243,8 @@ class HelperTests(ManholeTestCase):
         client = yield self.logged_in()
         for line in [
             "create_domain('example.org')",
-            "create_account('alice', 'pw', email='alice@example.org')",
-            "create_account('bob', 'pw')",
+            "create_account('alice', 'alice-password', email='alice@example.org')",
+            "create_account('bob', 'bob-password')",
             "create_group('staff', members=['alice'])",
             "create_list('news', 'news@example.org', members=['staff'])",
             "add_member('staff', 'bob')",
@@ -254,7 +266,7 @@ class HelperTests(ManholeTestCase):
     def test_delete(self):
         """delete() removes the principal and says so."""
         client = yield self.logged_in()
-        yield client.run("create_account('bob', 'pw')")
+        yield client.run("create_account('bob', 'bob-password')")
         self.assertIn("deleted bob", (yield client.run("delete('bob')")))
         self.assertIsNone((yield self.directory.get("bob")))
         self.assertIn("(none)", (yield client.run("list_groups()")))

@@ -40,10 +40,19 @@ class NodeProcess(protocol.ProcessProtocol):
 
     def __init__(self):
         self.output = b""
+        # What came on standard output alone: the log of `twistd -n`.
+        self.stdout = b""
         self.ended = defer.Deferred()
         self._waiting = []
 
     def outReceived(self, data):
+        self.stdout += data
+        self._received(data)
+
+    def errReceived(self, data):
+        self._received(data)
+
+    def _received(self, data):
         self.output += data
         for entry in list(self._waiting):
             pattern, after, waiter = entry
@@ -51,8 +60,6 @@ class NodeProcess(protocol.ProcessProtocol):
             if match:
                 self._waiting.remove(entry)
                 waiter.callback(match)
-
-    errReceived = outReceived
 
     def processEnded(self, reason):
         for _, _, waiter in self._waiting:
@@ -138,7 +145,7 @@ class NodeProcessTests(TestCase):
             f"--db-path={self.data}",
             "--jmap-port=0",
             f"--manhole-port={free_port()}",
-            "--admin-secret=process-secret",
+            "--admin-secret=the-process-secret",
             *extra,
         )
 
@@ -167,7 +174,7 @@ class NodeProcessTests(TestCase):
         self.assertEqual(wrong.code, 401)
         yield wrong.content()
 
-        admitted = yield http.get(url, headers=basic("admin", "process-secret"))
+        admitted = yield http.get(url, headers=basic("admin", "the-process-secret"))
         self.assertEqual(admitted.code, 200)
         self.assertEqual((yield admitted.json())["username"], "admin")
 
@@ -189,7 +196,7 @@ class NodeProcessTests(TestCase):
         yield shell.wait_for(b"Username: ")
         telnet_transport.write(b"admin\n")
         yield shell.wait_for(b"Password: ")
-        telnet_transport.write(b"process-secret\n")
+        telnet_transport.write(b"the-process-secret\n")
         yield shell.wait_for(b">>> ")
         telnet_transport.write(b"create_domain('example.org')\n")
         telnet_transport.write(b"list_domains()\n")
@@ -206,6 +213,9 @@ class NodeProcessTests(TestCase):
         child, transport = start_node(self, *arguments)
         password = (yield child.wait_for(rb"its password is (\S+) \(shown once\)")).group(1)
         yield child.wait_for(rb"node ready")
+        # On the terminal (standard error), not in the log.
+        self.assertNotIn(password, child.stdout)
+        self.assertIn(b"generated password", child.stdout)
         transport.signalProcess("TERM")
         self.assertEqual((yield child.ended), 0)
 

@@ -68,7 +68,7 @@ class NodeServiceTests(NodeServiceMixin, TestCase):
         trust = TrustOneAuthority(Certificate.loadPEM(authority.cert_pem.bytes()))
         response = yield self.client(trust).get(
             f"https://localhost:{port}/.well-known/jmap",
-            headers=basic("admin", "service-secret"),
+            headers=basic("admin", "the-service-secret"),
         )
         self.assertEqual(response.code, 200)
         self.assertEqual((yield response.json())["username"], "admin")
@@ -110,9 +110,9 @@ class NodeServiceTests(NodeServiceMixin, TestCase):
         settings = node_settings(self)
         service = yield self.start(settings)
         yield service.stopService()
-        service = yield self.start(settings.replace(admin_secret="a-new-secret"))
-        self.assertIsNone((yield service.directory.authenticate("admin", "service-secret")))
-        admin = yield service.directory.authenticate("admin", "a-new-secret")
+        service = yield self.start(settings.replace(admin_secret="a-new-admin-secret"))
+        self.assertIsNone((yield service.directory.authenticate("admin", "the-service-secret")))
+        admin = yield service.directory.authenticate("admin", "a-new-admin-secret")
         self.assertEqual(admin.name, "admin")
         yield service.stopService()
 
@@ -393,13 +393,13 @@ class SessionAccountsTests(NodeServiceMixin, TestCase):
         service = yield self.start(node_settings(self))
         directory = service.directory
         yield directory.create_principal("domain", "example.org")
-        jane = yield directory.create_principal("individual", "jane", secret="jane-pw")
+        jane = yield directory.create_principal("individual", "jane", secret="jane-password")
         sales = yield directory.create_principal(
             "group", "sales", email="sales@example.org", members=["jane"]
         )
         port = service.ports["JMAP"].getHost().port
         response = yield self.client().get(
-            f"http://127.0.0.1:{port}/jmap/session", headers=basic("jane", "jane-pw")
+            f"http://127.0.0.1:{port}/jmap/session", headers=basic("jane", "jane-password")
         )
         session = yield response.json()
         accounts = session["accounts"]

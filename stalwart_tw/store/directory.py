@@ -48,7 +48,9 @@ Design choices:
    principal that changed while it was in flight is not cached.
 """
 
+import os
 import secrets
+from contextlib import suppress
 from dataclasses import dataclass, replace
 
 from argon2 import PasswordHasher
@@ -120,6 +122,13 @@ class Principal:
     quota: int = 0
     timezone: str = None
     created_at: int = 0
+
+
+def _to_terminal(text):
+    # File descriptor 2 itself: twistd sends sys.stderr to the log. With no
+    # terminal left (a daemon), the line is lost, never logged.
+    with suppress(OSError):
+        os.write(2, text.encode("utf-8"))
 
 
 def changes_directory(apply_result):
@@ -284,12 +293,17 @@ class Directory:
     @param password_hasher: an argon2 L{PasswordHasher}; its defaults by
         default (tests pass cheap parameters).
     @param reactor: the reactor that thread results are delivered through.
+    @param show: C{show(text)} puts a line before the operator and nowhere
+        else: the generated admin password. By default the process's
+        standard error as it was at start (the terminal of `twistd -n`),
+        written past the log's redirection of C{sys.stderr}.
     """
 
     log = Logger()
 
     def __init__(
-        self, store, writer, clock=None, hash_threadpool=None, password_hasher=None, reactor=None
+        self, store, writer, clock=None, hash_threadpool=None, password_hasher=None, reactor=None,
+        show=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -297,6 +311,7 @@ class Directory:
         self._clock = clock if clock is not None else reactor
         self._store = store
         self._writer = writer
+        self._show = show if show is not None else _to_terminal
         self._hash_pool = hash_threadpool
         self._hasher = password_hasher if password_hasher is not None else PasswordHasher()
         self._dummy_hash = None
@@ -635,7 +650,8 @@ class Directory:
     def ensure_admin(self, secret=None):
         """
         Make sure the individual C{admin} exists. At first start it is
-        created with C{secret}, or with a generated password that is logged
+        created with C{secret}, or with a generated password that is shown
+        once through C{show} (the terminal), never logged
         once. When it exists and C{secret} is given but does not match, the
         stored secret is replaced: the operator resets it through the
         configuration.
@@ -656,9 +672,13 @@ class Directory:
                 description="server administrator",
             )
             if generated is not None:
+                self._show(
+                    f"stalwart: created the admin principal; its password is {generated} "
+                    "(shown once)\n"
+                )
                 self.log.warn(
-                    "created the admin principal; its password is {password} (shown once)",
-                    password=generated,
+                    "created the admin principal with a generated password, shown once "
+                    "on the terminal and written to no log; set admin-secret to choose one"
                 )
             return admin, generated
         if admin.kind != INDIVIDUAL:

@@ -35,6 +35,9 @@ MEMBER_KINDS = {GROUP: (INDIVIDUAL, GROUP), LIST: (INDIVIDUAL, GROUP)}
 CHANGE_TYPE = "Principal"
 
 NAME_MAX = 255
+# The shortest password a principal may be given (Principal/set, the admin
+# shell); the admin's from the settings must be longer (config.py).
+MIN_PASSWORD_LENGTH = 8
 ADDRESS_MAX = 320
 LOCAL_PART_MAX = 64
 DOMAIN_MAX = 253
@@ -187,8 +190,14 @@ def _check_description(description):
 
 
 def _check_secret(secret):
-    if secret is not None and (not isinstance(secret, str) or not secret):
-        raise InvalidPrincipal("a secret must be a non-empty string", field="secret")
+    if secret is not None and (
+        not isinstance(secret, str) or len(secret.strip()) < MIN_PASSWORD_LENGTH
+    ):
+        raise InvalidPrincipal(
+            f"a secret must be a string of at least {MIN_PASSWORD_LENGTH} characters "
+            "(spaces around it do not count)",
+            field="secret",
+        )
     return secret
 
 

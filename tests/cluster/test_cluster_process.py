@@ -26,7 +26,7 @@ from stalwart_tw.config import load_settings
 from tests.test_node_process import basic, start_node
 
 KEY = "process-cluster-key-0123456789"
-SECRET = "cluster-secret"
+SECRET = "the-cluster-secret"
 RPC_LINE = re.compile(rb"RPC listening on tls://127\.0\.0\.1:(\d+).*node ([0-9a-f]{16})")
 
 
