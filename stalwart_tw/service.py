@@ -42,6 +42,9 @@ from stalwart_tw.store.engine import check_database
 from stalwart_tw.store.errors import StoreError
 
 ENCRYPTION_KEY_FILE = "encryption.key"
+# Password checks that may wait or run at once, per Argon2 thread; past
+# that a login is answered 503 at once rather than queued.
+VERIFICATIONS_PER_HASH_THREAD = 8
 MIN_KEY_LENGTH = MIN_SECRET_LENGTH
 
 
@@ -245,6 +248,7 @@ class NodeService(SequentialService):
     def _build_tree(self):
         for part in (
             _Call("workers", self.workers.start, self._stop_workers),
+            _Call("hashers", self.hashers.start, self._stop_hashers),
             _Call("store", self.store.open, self.store.close),
             self.node,
             self.blobs,
@@ -256,6 +260,10 @@ class NodeService(SequentialService):
     def _stop_workers(self):
         if self.workers.started:
             self.workers.stop()
+
+    def _stop_hashers(self):
+        if self.hashers.started:
+            self.hashers.stop()
 
     def _ensure_admin(self):
         return self.directory.ensure_admin(self.settings.admin_secret)
@@ -287,8 +295,12 @@ class NodeService(SequentialService):
         from stalwart_tw.writer import AccountWriter
 
         settings, data = self.settings, self.settings.db_path
-        # Argon2 and blob file I/O run here, never on the reactor thread.
+        # Blob file I/O and large request bodies run here, never on the
+        # reactor thread; Argon2 has threads of its own, so that password
+        # checks (an attacker's included) never hold a download up.
         self.workers = ThreadPool(1, settings.worker_pool_size, name="workers")
+        hash_threads = max(1, settings.worker_pool_size // 2)
+        self.hashers = ThreadPool(1, hash_threads, name="argon2")
         self.store = Store(
             os.path.join(data, "idx"), settings.worker_pool_size, reactor=self._reactor
         )
@@ -308,8 +320,9 @@ class NodeService(SequentialService):
             self.store,
             self.writer,
             clock=self._reactor,
-            hash_threadpool=self.workers,
+            hash_threadpool=self.hashers,
             reactor=self._reactor,
+            max_verifications=hash_threads * VERIFICATIONS_PER_HASH_THREAD,
         )
         # The reactor is the blob store's clock too, so copies expire on the
         # same clock as uploads.

@@ -4,7 +4,7 @@ Tests for stalwart_tw.store.directory, on a real store and a real LocalNode.
 
 from argon2 import PasswordHasher
 from sqlalchemy import select
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
@@ -20,6 +20,7 @@ from stalwart_tw.store.directory import (
     InvalidPrincipal,
     PrincipalExists,
     PrincipalNotFound,
+    VerificationsBusy,
 )
 from stalwart_tw.store.errors import BatchConflict
 from stalwart_tw.store.schema import DIRECTORY_ACCOUNT
@@ -714,6 +715,33 @@ class CacheTests(DirectoryTestCase):
             self.assertIsNotNone((yield self.directory.authenticate("alice", "alice-pw")))
             self.patch(self.directory, "_verify", real_verify)
             self.assertEqual(bool(self.directory._verified), cached, name)
+
+    @inlineCallbacks
+    def test_verifications_bounded(self):
+        """Past max_verifications in progress a check fails at once; once they end, checks run again."""
+        import threading
+
+        yield self.populate()
+        directory = Directory(
+            self.store, AccountWriter(self.store, self.node), clock=self.clock,
+            password_hasher=self.hasher, max_verifications=2,
+        )
+        release = threading.Event()
+        real_verify = directory._verify
+
+        def slow_verify(secret_hash, password):
+            release.wait(10)
+            return real_verify(secret_hash, password)
+
+        self.patch(directory, "_verify", slow_verify)
+        waiting = [directory.authenticate("alice", "wrong-one") for _ in range(2)]
+        busy = directory.authenticate("bob", "bob-password")
+        failure = self.failureResultOf(busy, VerificationsBusy)
+        self.assertIn("2 password checks", failure.getErrorMessage())
+        release.set()
+        self.assertEqual((yield defer.gatherResults(waiting)), [None, None])
+        self.assertEqual(directory.verifying, 0)
+        self.assertEqual((yield directory.authenticate("bob", "bob-password")).name, "bob")
 
     @inlineCallbacks
     def test_cache_holds_no_password(self):

@@ -264,6 +264,54 @@ class UploadLimitTests(BlobSiteTestCase):
         self.assertEqual(response.code, 201)
 
 
+class HashingApartTests(BlobSiteTestCase):
+    """
+    Password checks run on threads of their own with a bounded queue.
+    """
+
+    @defer.inlineCallbacks
+    def test_wrong_passwords_do_not_hold_downloads(self):
+        """While every password check is taken, a logged-in download is served and one more login is 503 at once."""
+        import threading
+
+        data = os.urandom(300 * 1024)
+        blob_id = yield self.uploaded(data)
+        directory = self.service.directory
+        limit = directory._max_verifications
+        release = threading.Event()
+        self.addCleanup(release.set)
+        real_verify, real_authenticate = directory._verify, directory.authenticate
+
+        def stuck_verify(secret_hash, password):
+            release.wait(20)
+            return real_verify(secret_hash, password)
+
+        calls, all_in = [], defer.Deferred()
+
+        def counted(login, password):
+            calls.append(login)
+            checking = real_authenticate(login, password)
+            if len(calls) == limit:
+                all_in.callback(None)
+            return checking
+
+        self.patch(directory, "_verify", stuck_verify)
+        self.patch(directory, "authenticate", counted)
+        wrong = basic("bob", "not-bobs-password")
+        attackers = [self.upload(b"x", headers=wrong) for _ in range(limit)]
+        yield all_in
+        self.assertEqual(directory.verifying, limit)
+        response, body = yield self.download(blob_id)
+        self.assertEqual((response.code, body), (200, data))
+        response, body = yield self.upload(b"x", headers=basic("bob", "another-guess"))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(self.header(response, b"Retry-After"), b"1")
+        self.assertIn("logins", json.loads(body)["detail"])
+        release.set()
+        answers = yield defer.gatherResults(attackers)
+        self.assertEqual({response.code for response, _ in answers}, {401})
+
+
 class DownloadTests(BlobSiteTestCase):
     """
     GET /jmap/download/<accountId>/<blobId>/<name> serves the blobs an account holds.

@@ -53,6 +53,7 @@ from stalwart_tw.store.directory import (
     DirectoryError,
     Principal,
     PrincipalNotFound,
+    VerificationsBusy,
 )
 
 log = Logger()
@@ -118,6 +119,10 @@ class AdminChecker:
         return ADMIN_NAME.encode("ascii")
 
     def _broken(self, failure):
+        if failure.check(VerificationsBusy):
+            log.warn("admin shell: login from {peer} refused: too many logins being checked",
+                     peer=describe_peer(self._peer))
+            raise UnauthorizedLogin("too many logins are being checked; try again shortly")
         # The directory could not answer (store closed, thread pool gone):
         # the user sees a failed login, the operator the reason.
         log.failure("admin shell: cannot check a login from {peer}", failure,

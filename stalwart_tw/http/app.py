@@ -52,7 +52,7 @@ from stalwart_tw.jmap.push import EventSourceStream, parse_eventsource_query
 from stalwart_tw.jmap.request import parse_request
 from stalwart_tw.jmap.session import account_id, account_number
 from stalwart_tw.logs import Logger, debug_enabled
-from stalwart_tw.store.directory import ADMIN_NAME
+from stalwart_tw.store.directory import ADMIN_NAME, VerificationsBusy
 from stalwart_tw.store.errors import BlobMissing
 
 PROBLEM_TYPE = "application/problem+json"
@@ -454,7 +454,14 @@ class JmapHttp:
         principal = self._directory.recently_verified(*credentials)
         if principal is not None:
             return principal
-        return await self._directory.authenticate(*credentials)
+        try:
+            return await self._directory.authenticate(*credentials)
+        except VerificationsBusy:
+            request.setHeader(b"Retry-After", b"1")
+            raise Refused(problem(
+                request, 503, "Service Unavailable",
+                "Too many logins are being checked right now; try again in a second.",
+            )) from None
 
     @app.handle_errors(Refused)
     def refused(self, request, failure):

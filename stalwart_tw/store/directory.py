@@ -101,6 +101,13 @@ CACHE_MAX_ENTRIES = 10_000
 SNAPSHOT_CACHE_MAX_ENTRIES = 1_000
 
 
+class VerificationsBusy(Exception):
+    """
+    As many password checks as the directory takes are already queued or
+    running; this one was not started. Answer "busy, retry shortly".
+    """
+
+
 @dataclass(frozen=True)
 class Principal:
     """
@@ -288,8 +295,13 @@ class Directory:
 
     @param clock: an L{IReactorTime} for creation times and the
         verification cache; the global reactor by default.
-    @param hash_threadpool: the thread pool Argon2 runs on; the reactor's
+    @param hash_threadpool: the thread pool Argon2 runs on (the node's
+        gives it threads of its own, apart from blob I/O); the reactor's
         own pool by default.
+    @param max_verifications: how many password checks may be queued or
+        running at once; one more fails at once with L{VerificationsBusy},
+        so wrong passwords sent as fast as an attacker can never build a
+        queue that a real user waits behind. C{None}: no bound.
     @param password_hasher: an argon2 L{PasswordHasher}; its defaults by
         default (tests pass cheap parameters).
     @param reactor: the reactor that thread results are delivered through.
@@ -303,7 +315,7 @@ class Directory:
 
     def __init__(
         self, store, writer, clock=None, hash_threadpool=None, password_hasher=None, reactor=None,
-        show=None,
+        show=None, max_verifications=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -313,6 +325,9 @@ class Directory:
         self._writer = writer
         self._show = show if show is not None else _to_terminal
         self._hash_pool = hash_threadpool
+        self._max_verifications = max_verifications
+        # Password checks queued or running now.
+        self.verifying = 0
         self._hasher = password_hasher if password_hasher is not None else PasswordHasher()
         self._dummy_hash = None
         # (login, keyed digest of the password) -> (Principal, expiry time).
@@ -599,7 +614,8 @@ class Directory:
         Check a login (a name or any address of the principal) and its
         password. Only individuals with a secret can log in.
 
-        @return: a Deferred firing with the L{Principal}, or None.
+        @return: a Deferred firing with the L{Principal}, or None; or
+            failing at once with L{VerificationsBusy}.
         """
         if not isinstance(login, str) or not isinstance(password, str) or not password:
             return None
@@ -608,9 +624,17 @@ class Directory:
         cached = self._cached(key)
         if cached is not None:
             return cached
+        if self._max_verifications is not None and self.verifying >= self._max_verifications:
+            raise VerificationsBusy(
+                f"{self.verifying} password checks are already in progress"
+            )
         generation = self._cache_generation
-        principal, secret_hash = yield self._store.read(_load_credentials, login)
-        verified = yield self._in_thread(self._verify, secret_hash, password)
+        self.verifying += 1
+        try:
+            principal, secret_hash = yield self._store.read(_load_credentials, login)
+            verified = yield self._in_thread(self._verify, secret_hash, password)
+        finally:
+            self.verifying -= 1
         if not verified or principal is None:
             return None
         if self._unchanged_since(principal.id, generation):
@@ -703,4 +727,5 @@ __all__ = [
     "Principal",
     "PrincipalExists",
     "PrincipalNotFound",
+    "VerificationsBusy",
 ]
