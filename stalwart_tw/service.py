@@ -429,7 +429,10 @@ class NodeService(SequentialService):
             self._listen_one(
                 "admin shell",
                 "telnet",
-                manhole_factory(self.directory, self.status, self.describe_cluster),
+                manhole_factory(
+                    self.directory, self.status, self.describe_cluster,
+                    auth_rate=settings.rate_limit_auth, clock=self._reactor,
+                ),
                 settings.manhole_bind_addr,
                 settings.manhole_port,
             )

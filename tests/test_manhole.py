@@ -19,6 +19,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from stalwart_tw.admin.manhole import BANNER, Text, manhole_factory, render
+from stalwart_tw.setting_kinds import Rate
 from stalwart_tw.store.directory import Directory, Principal
 from stalwart_tw.writer import AccountWriter
 from tests.support import cheap_hasher, open_store_and_node
@@ -129,6 +130,36 @@ class LoginTests(ManholeTestCase):
         self.assertNotIn(BANNER, output)
         lines = [formatEvent(event) for event in events if "admin shell" in formatEvent(event)]
         self.assertEqual(lines, ["admin shell: failed login for 'admin' from 127.0.0.1:40123"])
+
+    @inlineCallbacks
+    def test_failed_logins_throttled(self):
+        """After rate-limit-auth failures, even the right password is refused unchecked, one log line."""
+        clock = task.Clock()
+        factory = manhole_factory(
+            self.directory, lambda: self.status, auth_rate=Rate(3, 60), clock=clock
+        )
+        peer = IPv4Address("TCP", "10.0.0.9", 2301)
+        with capturedLogs() as events:
+            for _ in range(3):
+                yield ShellClient(factory, peer).login("admin", "a-wrong-guess")
+        lines = [formatEvent(event) for event in events if "admin shell" in formatEvent(event)]
+        self.assertEqual(len(lines), 1)
+        calls = []
+        real = self.directory.authenticate
+        self.patch(self.directory, "authenticate", lambda *a: calls.append(a) or real(*a))
+        client = ShellClient(factory, peer)
+        yield client.login("admin", ADMIN_PASSWORD)
+        self.assertIn("Authentication failed", client.output())
+        self.assertEqual(calls, [])
+        # The login name is throttled too, from any address.
+        client = ShellClient(factory, IPv4Address("TCP", "10.0.0.10", 2302))
+        yield client.login("admin", ADMIN_PASSWORD)
+        self.assertNotIn(BANNER, client.output())
+        self.assertEqual(calls, [])
+        clock.advance(60)
+        client = ShellClient(factory, peer)
+        yield client.login("admin", ADMIN_PASSWORD)
+        self.assertIn(BANNER, client.output())
 
     @inlineCallbacks
     def test_only_admin(self):

@@ -39,11 +39,13 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import ServerFactory
 from zope.interface import implementer
 
+from stalwart_tw.auth.ratelimit import FailedLogins
 from stalwart_tw.logs import Logger
+from stalwart_tw.setting_kinds import Rate
 from stalwart_tw.store.directory import (
     ADMIN_NAME,
     DOMAIN,
@@ -59,6 +61,8 @@ from stalwart_tw.store.directory import (
 log = Logger()
 
 BANNER = "stalwart admin shell; help() lists the helpers"
+# rate-limit-auth's default, for a shell built without settings.
+DEFAULT_AUTH_RATE = Rate(10, 60)
 
 
 def describe_peer(address):
@@ -83,9 +87,10 @@ class AdminChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, directory, peer):
+    def __init__(self, directory, peer, failures):
         self._directory = directory
         self._peer = peer
+        self._failures = failures
         self.last_attempt = None
 
     def requestAvatarId(self, credentials):
@@ -99,26 +104,29 @@ class AdminChecker:
         except UnicodeDecodeError:
             # Every stored secret is text, so these bytes cannot match one.
             password = None
-        if username == ADMIN_NAME and password:
+        address = getattr(self._peer, "host", None) or str(self._peer)
+        if self._failures.retry_after(address, username) is not None:
+            # Throttled before any password check.
+            checked = fail(UnauthorizedLogin("too many failed logins; try again later"))
+        elif username == ADMIN_NAME and password:
             checked = self._directory.authenticate(ADMIN_NAME, password)
+            checked.addCallbacks(self._checked, self._broken, callbackArgs=(username, address))
         else:
             checked = succeed(None)
-        checked.addCallbacks(self._checked, self._broken, callbackArgs=(username,))
+            checked.addCallbacks(self._checked, self._broken, callbackArgs=(username, address))
         self.last_attempt = checked
         return checked
 
-    def _checked(self, principal, username):
+    def _checked(self, principal, username, address):
         if principal is None or principal.name != ADMIN_NAME:
-            log.warn(
-                "admin shell: failed login for {username!r} from {peer}",
-                username=username,
-                peer=describe_peer(self._peer),
-            )
+            self._failures.failed(address, username, describe_peer(self._peer))
             raise UnauthorizedLogin("wrong user name or password")
         log.info("admin shell: admin logged in from {peer}", peer=describe_peer(self._peer))
         return ADMIN_NAME.encode("ascii")
 
     def _broken(self, failure):
+        if failure.check(UnauthorizedLogin):
+            return failure
         if failure.check(VerificationsBusy):
             log.warn("admin shell: login from {peer} refused: too many logins being checked",
                      peer=describe_peer(self._peer))
@@ -460,19 +468,24 @@ class AdminShellFactory(ServerFactory):
     Builds, per connection, the telnet login in front of the admin shell.
     """
 
-    def __init__(self, directory, status, cluster=None):
+    def __init__(self, directory, status, cluster=None, auth_rate=None, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self._directory = directory
         self.namespace = AdminHelpers(directory, status, cluster).namespace()
+        # One throttle for every connection: a new connection per guess
+        # gains nothing.
+        self.failures = FailedLogins(auth_rate or DEFAULT_AUTH_RATE, clock, log, "admin shell")
 
     def buildProtocol(self, addr):
-        checker = AdminChecker(self._directory, addr)
+        checker = AdminChecker(self._directory, addr, self.failures)
         portal = Portal(AdminRealm(self.namespace), [checker])
         protocol = TelnetTransport(AdminLoginProtocol, portal)
         protocol.factory = self
         return protocol
 
 
-def manhole_factory(directory, status, cluster=None):
+def manhole_factory(directory, status, cluster=None, auth_rate=None, clock=None):
     """
     The admin shell's telnet factory; the caller binds it to a port.
 
@@ -482,8 +495,11 @@ def manhole_factory(directory, status, cluster=None):
         database and blob sizes in bytes, uptime seconds, applied index).
     @param cluster: a zero-argument callable returning the cluster document
         (as C{GET /admin/cluster}), or C{None} for a node that runs alone.
+    @param auth_rate: failed logins allowed per address and per login name
+        (rate-limit-auth); past it a login is refused before any check.
+    @param clock: the IReactorTime the limit counts on.
     """
-    return AdminShellFactory(directory, status, cluster)
+    return AdminShellFactory(directory, status, cluster, auth_rate, clock)
 
 
 __all__ = ["AdminChecker", "AdminShellFactory", "manhole_factory", "render"]

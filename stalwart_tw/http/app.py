@@ -39,6 +39,7 @@ from werkzeug.routing import PathConverter
 
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
+from stalwart_tw.auth.ratelimit import FailedLogins, RateLimit, client_address
 from stalwart_tw.http.streaming import FileStreamer
 from stalwart_tw.inflight import uncancellable
 from stalwart_tw.jmap.errors import (
@@ -359,6 +360,7 @@ class JmapHttp:
         files read.
     @param cluster: a zero-argument callable returning the cluster
         document of C{GET /admin/cluster}, or C{None}.
+    @param clock: the IReactorTime rate limits count on (the reactor).
     """
 
     app = Klein()
@@ -369,7 +371,7 @@ class JmapHttp:
     event_streams_per_user = 32
 
     def __init__(self, server, directory, settings, is_ready, threadpool=None, reactor=None,
-                 cluster=None, is_stopping=lambda: False):
+                 cluster=None, is_stopping=lambda: False, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -380,6 +382,10 @@ class JmapHttp:
         self._is_stopping = is_stopping
         self._threadpool = threadpool
         self._cluster = cluster
+        clock = reactor if clock is None else clock
+        self._failed_logins = FailedLogins(settings.rate_limit_auth, clock, self.log, "JMAP")
+        self._anonymous = RateLimit(settings.rate_limit_anonymous, clock)
+        self._authenticated = RateLimit(settings.rate_limit_authenticated, clock)
         self._requests = ConcurrencyLimit(settings.max_concurrent_requests)
         self._uploads = ConcurrencyLimit(settings.max_concurrent_uploads)
         self._event_streams = ConcurrencyLimit(self.event_streams_per_user)
@@ -446,22 +452,34 @@ class JmapHttp:
         request.setHeader(b"WWW-Authenticate", CHALLENGE)
         return problem(request, 401, "Unauthorized", "You have to authenticate first.")
 
-    async def _authenticate(self, request):
-        credentials = parse_basic(request.getHeader(b"Authorization"))
-        if credentials is None:
-            return None
+    async def _check_login(self, request, credentials):
         # Most requests come from a login verified moments ago: no Deferred.
         principal = self._directory.recently_verified(*credentials)
         if principal is not None:
             return principal
+        address = client_address(request, self._settings.use_forwarded_header)
+        login = credentials[0]
+        # Before any hashing: a throttled login costs nothing.
+        self._refuse_if_over(
+            request, self._failed_logins.retry_after(address, login),
+            "Too many failed logins from this address or for this login; try again later.",
+        )
         try:
-            return await self._directory.authenticate(*credentials)
+            principal = await self._directory.authenticate(*credentials)
         except VerificationsBusy:
             request.setHeader(b"Retry-After", b"1")
             raise Refused(problem(
                 request, 503, "Service Unavailable",
                 "Too many logins are being checked right now; try again in a second.",
             )) from None
+        if principal is None:
+            self._failed_logins.failed(address, login)
+        return principal
+
+    def _refuse_if_over(self, request, wait, detail):
+        if wait is not None:
+            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+            raise Refused(problem(request, 429, "Too Many Requests", detail))
 
     @app.handle_errors(Refused)
     def refused(self, request, failure):
@@ -471,13 +489,25 @@ class JmapHttp:
         """
         @return: the authenticated principal of C{request}.
         @raise Refused: with a 503 while the node starts, a 401 and the
-            challenge without valid credentials.
+            challenge without valid credentials, a 429 past a rate limit.
         """
         if not self._is_ready():
             raise Refused(self._unavailable(request))
-        principal = await self._authenticate(request)
+        credentials = parse_basic(request.getHeader(b"Authorization"))
+        if credentials is None:
+            address = client_address(request, self._settings.use_forwarded_header)
+            self._refuse_if_over(
+                request, self._anonymous.take(address),
+                "Too many requests without credentials from this address; try again later.",
+            )
+            raise Refused(self._challenge(request))
+        principal = await self._check_login(request, credentials)
         if principal is None:
             raise Refused(self._challenge(request))
+        self._refuse_if_over(
+            request, self._authenticated.take(principal.id),
+            "Too many requests for this account; try again later.",
+        )
         return principal
 
     async def _blob_caller(self, request, account):
