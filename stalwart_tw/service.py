@@ -405,7 +405,7 @@ class NodeService(SequentialService):
         from stalwart_tw.http.app import make_site
 
         settings = self.settings
-        site = make_site(self.http, settings)
+        site = make_site(self.http, settings, self._reactor)
         if settings.jmap_cert_path:
             scheme = "https"
             factory = TLSMemoryBIOFactory(

@@ -40,6 +40,7 @@ from werkzeug.routing import PathConverter
 from stalwart_tw.auth.basic import CHALLENGE, parse_basic
 from stalwart_tw.auth.concurrency import ConcurrencyLimit, LimitReached
 from stalwart_tw.auth.ratelimit import FailedLogins, RateLimit, client_address
+from stalwart_tw.http.channel import ConnectionLimits, JmapChannel, default_max_connections
 from stalwart_tw.http.streaming import FileStreamer
 from stalwart_tw.inflight import uncancellable
 from stalwart_tw.jmap.errors import (
@@ -230,6 +231,10 @@ class JmapRequest(Request):
         self.body_size += len(data)
         if self.body_size > self.channel.site.max_body:
             self.body_too_large = self.body_discarded = True
+            # Refused now: nothing more of it is read (see http/channel.py).
+            refuse = getattr(self.channel, "refuse_body", None)
+            if refuse is not None:
+                refuse(self)
         if not self.body_discarded:
             super().handleContentChunk(data)
 
@@ -267,16 +272,27 @@ class JmapSite(Site):
         )
 
 
-def make_site(http, settings):
+def make_site(http, settings, reactor=None):
     """
+    @param reactor: the IReactorTime of the site's timeouts (the global
+        reactor by default).
     @return: the twisted.web Site serving the app of C{http}.
     """
     # JMAP bodies are JSON or blobs, never HTML forms: Twisted's form
     # parsing (a MIME parse of Content-Type per POST) would be wasted work.
-    site = JmapSite(http.resource(), requestFactory=JmapRequest, parsePOSTFormSubmission=False)
+    site = JmapSite(
+        http.resource(), requestFactory=JmapRequest, parsePOSTFormSubmission=False,
+        reactor=reactor,
+    )
+    site.protocol = JmapChannel
     site.displayTracebacks = False
     site.cors = CorsPolicy(settings)
     site.max_body = max(settings.max_size_request, settings.max_size_upload)
+    site.connection_limits = ConnectionLimits(
+        settings.max_connections or default_max_connections(),
+        settings.max_connections_per_address,
+        settings.http_header_timeout,
+    )
     return site
 
 

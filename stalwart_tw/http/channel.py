@@ -1,0 +1,197 @@
+"""
+The connection-level defences of the JMAP site: what a client that never
+finishes its request, opens connections without end, or announces a body
+larger than the server takes meets before any route runs.
+
+ - A request's headers must arrive within C{http-header-timeout} seconds
+   of the connection opening (or of the previous response ending): the
+   idle timeout alone is reset by every byte, so a client that sends one
+   header line every few seconds (slowloris) would hold the connection
+   for ever. Past the deadline the client gets a 408 and the connection
+   closes.
+ - At most C{max-connections} connections are open at once, and at most
+   C{max-connections-per-address} from one address; one more is answered
+   with a 503 and closed at once. The total defaults to what the process's
+   file-descriptor limit leaves after a reserve for the database, blob
+   files and the cluster, so the server refuses politely instead of
+   running into EMFILE (where every refused accept would be logged).
+ - A body announced (Content-Length) or found (chunked) larger than the
+   site's largest limit is refused as soon as that is known: no
+   C{100 Continue}, nothing more of it read, the route's C{limit} problem
+   document, then the connection closes.
+"""
+
+import resource
+from contextlib import suppress
+
+import orjson
+from twisted.web.http import HTTPChannel
+
+# Descriptors kept back from the connection cap: the database and its WAL,
+# blob files being read or written, the cluster's sockets, logs.
+DESCRIPTOR_RESERVE = 128
+
+
+def default_max_connections():
+    """
+    @return: the connection cap the file-descriptor limit allows, after
+        raising the soft limit to the hard one where the system lets us.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        # Where the system refuses, the soft limit is what we have.
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(16, soft - DESCRIPTOR_RESERVE)
+
+
+def _raw_problem(status, reason, detail):
+    body = orjson.dumps(
+        {"type": "about:blank", "status": status, "title": reason, "detail": detail}
+    )
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason.encode("ascii"), len(body))
+    ) + body
+
+
+class JmapChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection of the JMAP site (C{site} is a
+    L{ConnectionLimits}-carrying site, see L{make_site}).
+    """
+
+    # The pending header deadline, or None while a request is handled.
+    _header_deadline = None
+    # The request whose body was refused before it was all read.
+    _refused = None
+    # Whether this connection was counted against the caps.
+    _counted = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        limits = self.site.connection_limits
+        address = self._address()
+        refusal = limits.admit(address)
+        if refusal is not None:
+            self.transport.write(_raw_problem(503, "Service Unavailable", refusal))
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self._arm_header_deadline()
+
+    def connectionLost(self, reason):
+        if self._counted:
+            self._counted = False
+            self.site.connection_limits.release(self._address())
+        self._disarm_header_deadline()
+        super().connectionLost(reason)
+
+    def _address(self):
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", None) or str(peer)
+
+    # The header deadline.
+
+    def _arm_header_deadline(self):
+        self._disarm_header_deadline()
+        timeout = self.site.connection_limits.header_timeout
+        if timeout:
+            self._header_deadline = self.callLater(timeout, self._headers_too_slow)
+
+    def _disarm_header_deadline(self):
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_too_slow(self):
+        self._header_deadline = None
+        self.transport.write(_raw_problem(
+            408, "Request Timeout", "The request's headers did not arrive in time."
+        ))
+        self.transport.loseConnection()
+
+    def allHeadersReceived(self):
+        self._disarm_header_deadline()
+        super().allHeadersReceived()
+        request = self.requests[-1]
+        if getattr(request, "body_too_large", False) and self._refused is not request:
+            self.refuse_body(request)
+
+    def _send100Continue(self):
+        # No "go on" for a body that will be refused anyway.
+        if not getattr(self.requests[-1], "body_too_large", False):
+            super()._send100Continue()
+
+    def refuse_body(self, request):
+        """
+        Stop reading the body of C{request} (the latest one): it is handled
+        now, with what it has, and the connection closes after its answer.
+        """
+        if self._refused is request:
+            return
+        self._refused = request
+        self.persistent = False
+        self.allContentReceived()
+
+    def allContentReceived(self):
+        # Once a body is refused, the end of the request may still be
+        # reported (by the decoder call that refused it, or the header
+        # parser seeing no length left): it is handled already, and the
+        # connection takes no other.
+        if self._refused is not None and not hasattr(self, "_command"):
+            return
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and self.transport.connected:
+            self._arm_header_deadline()
+
+
+class ConnectionLimits:
+    """
+    The open connections of a site, counted in total and per address.
+
+    @param total: the most open at once.
+    @param per_address: the most open at once from one address.
+    @param header_timeout: seconds a request's headers may take (0: no
+        deadline).
+    """
+
+    def __init__(self, total, per_address, header_timeout):
+        self.total = total
+        self.per_address = per_address
+        self.header_timeout = header_timeout
+        self.open = 0
+        # address -> open connections from it
+        self.by_address = {}
+
+    def admit(self, address):
+        """
+        Count a new connection, if it may stay.
+
+        @return: C{None} when admitted, else why not.
+        """
+        if self.open >= self.total:
+            return "The server has as many connections open as it takes; try again shortly."
+        if self.by_address.get(address, 0) >= self.per_address:
+            return "Too many connections from this address are open."
+        self.open += 1
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        return None
+
+    def release(self, address):
+        """
+        A counted connection closed.
+        """
+        self.open -= 1
+        remaining = self.by_address.get(address, 1) - 1
+        if remaining:
+            self.by_address[address] = remaining
+        else:
+            self.by_address.pop(address, None)

@@ -1,0 +1,144 @@
+"""
+The connection-level defences of the JMAP site (http/channel.py), driven
+over StringTransport with a task.Clock: the header deadline, the
+connection caps, and bodies refused as soon as they are known too large.
+"""
+
+import json
+from base64 import b64encode
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from stalwart_tw.config import load_settings
+from stalwart_tw.http.app import JmapHttp, make_site
+from stalwart_tw.jmap.core import CoreExtension
+from stalwart_tw.jmap.server import JmapServer
+from tests.test_service import FakeDirectory, Principal
+
+JANE = b"Authorization: Basic " + b64encode(b"jane:jane-password") + b"\r\n"
+
+
+class ChannelTestCase(TestCase):
+    overrides = {}
+
+    def setUp(self):
+        self.clock = task.Clock()
+        settings = load_settings(None, {
+            "http-header-timeout": "10", "max-size-request": "1000", "max-size-upload": "1000",
+            **self.overrides,
+        }, {})
+        directory = FakeDirectory({("jane", "jane-password"): Principal("jane", 12)})
+        server = JmapServer(settings, directory, [CoreExtension()])
+        http = JmapHttp(server, directory, settings, lambda: True, reactor=self.clock)
+        self.site = make_site(http, settings, self.clock)
+
+    def connect(self, host="192.0.2.1"):
+        address = IPv4Address("TCP", host, 40000)
+        protocol = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def status(self, transport):
+        return transport.value().split(b"\r\n", 1)[0]
+
+
+class HeaderDeadlineTests(ChannelTestCase):
+    def test_slowloris_cut_off(self):
+        """A header line every 5 s does not keep a connection: at 10 s it is a 408 and closed."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.example\r\n")
+        for number in range(1, 3):
+            self.clock.advance(5)
+            if transport.disconnecting:
+                break
+            protocol.dataReceived(b"X-Slow-%d: yes\r\n" % number)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.status(transport), b"HTTP/1.1 408 Request Timeout")
+        self.assertIn(b"application/problem+json", transport.value())
+
+    def test_deadline_again_after_each_answer(self):
+        """Headers in time are served; on a kept-alive connection the next request has 10 s too."""
+        protocol, transport = self.connect()
+        self.clock.advance(9)
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.example\r\n" + JANE + b"\r\n")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 200 OK")
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.status(transport), b"HTTP/1.1 408 Request Timeout")
+
+
+class ConnectionCapTests(ChannelTestCase):
+    overrides = {"max-connections": "3", "max-connections-per-address": "2"}
+
+    def test_per_address(self):
+        """A third connection from one address is a 503, closed; others still come in."""
+        first, _ = self.connect()
+        self.connect()
+        _, refused = self.connect()
+        self.assertEqual(self.status(refused), b"HTTP/1.1 503 Service Unavailable")
+        self.assertTrue(refused.disconnecting)
+        _, other = self.connect("192.0.2.2")
+        self.assertFalse(other.disconnecting)
+        first.connectionLost(None)
+        _, again = self.connect()
+        self.assertFalse(again.disconnecting)
+
+    def test_total(self):
+        """Past max-connections every new connection is refused, whatever its address."""
+        for number in range(3):
+            self.connect(f"192.0.2.{number}")
+        _, refused = self.connect("198.51.100.1")
+        self.assertEqual(self.status(refused), b"HTTP/1.1 503 Service Unavailable")
+        self.assertEqual(self.site.connection_limits.open, 3)
+
+
+class EarlyRefusalTests(ChannelTestCase):
+    def test_expect_continue_over_the_limit(self):
+        """Expect: 100-continue with a Content-Length over the limit: no 100, the limit problem, closed."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\n" + JANE
+            + b"Content-Type: application/json\r\nContent-Length: 5000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        self.assertNotIn(b"100 Continue", transport.value())
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 4"))
+        self.assertEqual(json.loads(body)["type"], "urn:ietf:params:jmap:error:limit")
+        self.assertTrue(transport.disconnecting)
+
+    def test_known_length_not_read(self):
+        """A Content-Length over the limit is answered before any of the body is sent."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\n" + JANE
+            + b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        self.assertIn(b"maxSizeRequest", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_refused_when_it_passes(self):
+        """A chunked body is answered as soon as it passes the limit, its end never awaited."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\n" + JANE
+            + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.assertEqual(transport.value(), b"")
+        protocol.dataReceived(b"258\r\n" + b" " * 600 + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        protocol.dataReceived(b"258\r\n" + b" " * 600 + b"\r\n")
+        self.assertIn(b"urn:ietf:params:jmap:error:limit", transport.value())
+        self.assertTrue(transport.disconnecting)
+        # What else the client sends is not read as a request.
+        transport.clear()
+        protocol.dataReceived(b"258\r\n" + b" " * 600 + b"\r\n0\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
