@@ -158,6 +158,14 @@ class FailedLogins:
         ]
         return max(waits) if waits else None
 
+    def busy(self, address):
+        """
+        Count a login refused unchecked because every password check was
+        taken: against its address (not its login name), so an address
+        that keeps knocking while the checks are full is throttled too.
+        """
+        self._by_address.hit(address)
+
     def failed(self, address, login, shown=None):
         """
         Count a failed login (a wrong password, an unknown login).

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -61,6 +62,8 @@ PROBLEM_TYPE = "application/problem+json"
 # A write refused for want of space (or of quota on the file system).
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 INLINE_PARSE_LIMIT = 64 * 1024
+# Seconds a client past a rate limit waits for its 429.
+THROTTLE_DELAY = 1.0
 
 DEFAULT_BLOB_TYPE = "application/octet-stream"
 # type "/" subtype, each an RFC 9110 token; anything else is not echoed back.
@@ -399,6 +402,7 @@ class JmapHttp:
         self._threadpool = threadpool
         self._cluster = cluster
         clock = reactor if clock is None else clock
+        self._clock = clock
         self._failed_logins = FailedLogins(settings.rate_limit_auth, clock, self.log, "JMAP")
         self._anonymous = RateLimit(settings.rate_limit_anonymous, clock)
         self._authenticated = RateLimit(settings.rate_limit_authenticated, clock)
@@ -476,13 +480,14 @@ class JmapHttp:
         address = client_address(request, self._settings.use_forwarded_header)
         login = credentials[0]
         # Before any hashing: a throttled login costs nothing.
-        self._refuse_if_over(
+        await self._refuse_if_over(
             request, self._failed_logins.retry_after(address, login),
             "Too many failed logins from this address or for this login; try again later.",
         )
         try:
             principal = await self._directory.authenticate(*credentials)
         except VerificationsBusy:
+            self._failed_logins.busy(address)
             request.setHeader(b"Retry-After", b"1")
             raise Refused(problem(
                 request, 503, "Service Unavailable",
@@ -492,10 +497,15 @@ class JmapHttp:
             self._failed_logins.failed(address, login)
         return principal
 
-    def _refuse_if_over(self, request, wait, detail):
-        if wait is not None:
-            request.setHeader(b"Retry-After", str(wait).encode("ascii"))
-            raise Refused(problem(request, 429, "Too Many Requests", detail))
+    async def _refuse_if_over(self, request, wait, detail):
+        if wait is None:
+            return
+        request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+        # A client past a limit waits for its 429: one that asks again the
+        # moment it is answered would otherwise keep the reactor busy
+        # answering it (the connection caps bound how many can wait).
+        await deferLater(self._clock, THROTTLE_DELAY, lambda: None)
+        raise Refused(problem(request, 429, "Too Many Requests", detail))
 
     @app.handle_errors(Refused)
     def refused(self, request, failure):
@@ -512,7 +522,7 @@ class JmapHttp:
         credentials = parse_basic(request.getHeader(b"Authorization"))
         if credentials is None:
             address = client_address(request, self._settings.use_forwarded_header)
-            self._refuse_if_over(
+            await self._refuse_if_over(
                 request, self._anonymous.take(address),
                 "Too many requests without credentials from this address; try again later.",
             )
@@ -520,7 +530,7 @@ class JmapHttp:
         principal = await self._check_login(request, credentials)
         if principal is None:
             raise Refused(self._challenge(request))
-        self._refuse_if_over(
+        await self._refuse_if_over(
             request, self._authenticated.take(principal.id),
             "Too many requests for this account; try again later.",
         )

@@ -50,6 +50,7 @@ Design choices:
 
 import os
 import secrets
+import threading
 from contextlib import suppress
 from dataclasses import dataclass, replace
 
@@ -129,6 +130,22 @@ class Principal:
     quota: int = 0
     timezone: str = None
     created_at: int = 0
+
+
+# Argon2 threads run niced, so that password checks (an attacker's among
+# them) take the CPU only when serving users leaves it: on Linux a thread's
+# nice value is its own, and libargon2's lane threads inherit it.
+HASH_THREAD_NICENESS = 10
+_niced = threading.local()
+
+
+def _yielding(function, *args):
+    # On a thread of the node's own Argon2 pool.
+    if not getattr(_niced, "done", False):
+        _niced.done = True
+        with suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+    return function(*args)
 
 
 def _to_terminal(text):
@@ -578,8 +595,9 @@ class Directory:
     # Secrets.
 
     def _in_thread(self, function, *args):
-        pool = self._hash_pool if self._hash_pool is not None else self._reactor.getThreadPool()
-        return deferToThreadPool(self._reactor, pool, function, *args)
+        if self._hash_pool is None:
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return deferToThreadPool(self._reactor, self._hash_pool, _yielding, function, *args)
 
     def _hash(self, secret):
         return self._in_thread(self._hasher.hash, secret)
