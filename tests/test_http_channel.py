@@ -142,3 +142,60 @@ class EarlyRefusalTests(ChannelTestCase):
         transport.clear()
         protocol.dataReceived(b"258\r\n" + b" " * 600 + b"\r\n0\r\n\r\n")
         self.assertEqual(transport.value(), b"")
+
+
+class PreciseAnswerTests(ChannelTestCase):
+    def request(self, raw, host="192.0.2.1"):
+        protocol, transport = self.connect(host)
+        protocol.dataReceived(raw)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        return protocol, transport, head, body
+
+    def test_host_header(self):
+        """No Host on HTTP/1.1, two of them, or a malformed one: a 400 problem document."""
+        for headers in (b"", b"Host: a.example\r\nHost: b.example\r\n", b"Host: a b\r\n",
+                        b"Host: a.example:80:80\r\n"):
+            _, transport, head, body = self.request(
+                b"GET /jmap/session HTTP/1.1\r\n" + headers + JANE + b"\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400"), headers)
+            self.assertEqual(json.loads(body)["status"], 400)
+            self.assertIn("Host", json.loads(body)["detail"])
+        _, _, head, _ = self.request(b"GET /jmap/session HTTP/1.0\r\n" + JANE + b"\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.0 200"))
+
+    def test_path_not_utf8(self):
+        """A download path that is not UTF-8 is a 400 problem document, not an HTML page."""
+        _, _, head, body = self.request(
+            b"GET /jmap/download/a/b/%FF%FE HTTP/1.1\r\nHost: mail.example\r\n" + JANE + b"\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 400"))
+        self.assertIn(b"application/problem+json", head)
+        self.assertIn("UTF-8", json.loads(body)["detail"])
+
+    def test_broken_framing(self):
+        """Twisted's own refusals of broken framing are problem documents, with CORS headers."""
+        for framing in (b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                        b"Content-Length: -1\r\n",
+                        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"):
+            _, transport, head, body = self.request(
+                b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\nOrigin: https://app.example\r\n"
+                + framing + b"\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400"), framing)
+            self.assertIn(b"Access-Control-Allow-Origin: *", head)
+            self.assertEqual(json.loads(body)["status"], 400)
+            self.assertTrue(transport.disconnecting)
+
+    def test_half_close_after_a_request(self):
+        """A client that stops sending after its request still gets the answer, then the close."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.example\r\n" + JANE + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200"))
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_mid_request(self):
+        """A request cut short by the half-close is never answered: the connection closes."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.")
+        protocol.readConnectionLost()
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)

@@ -8,6 +8,8 @@ from base64 import b64encode
 
 from treq import collect as treq_collect
 from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -343,3 +345,49 @@ class AdminClusterTests(SiteTestCase):
         self.assertEqual((response.code, json.loads(body)["status"]), (403, 403))
         response, _ = yield self.request("GET", "/admin/cluster")
         self.assertEqual(response.code, 401)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosingClient(Protocol):
+    """Sends its requests, closes its sending side, reads until the end."""
+
+    def __init__(self, requests):
+        self._requests = requests
+        self.received = b""
+        self.ended = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self._requests)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.ended.callback(self.received)
+
+
+class HalfCloseTests(SiteTestCase):
+    """
+    Over real loopback TCP: a client that half-closes after its requests.
+    """
+
+    @defer.inlineCallbacks
+    def test_requests_answered_then_closed(self):
+        """Two pipelined requests, then the half-close: both are answered, then the server closes."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        token = b64encode(b"admin:the-service-secret")
+        one = b"GET /jmap/session HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic " + token
+        client = HalfClosingClient(one + b"\r\n\r\n" + one + b"\r\n\r\n")
+        port = self.service.ports["JMAP"].getHost().port
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        received = yield client.ended
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 2)

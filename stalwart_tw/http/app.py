@@ -26,7 +26,7 @@ import errno
 import os
 import re
 from io import BytesIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 from klein import Klein
@@ -179,20 +179,32 @@ class CorsPolicy:
         """
         Set the CORS headers of a response to C{request}.
         """
-        origin = request.getHeader(b"Origin")
+        for name, value in self.headers(request.getHeader(b"Origin"), request.method):
+            request.setHeader(name, value)
+
+    def headers(self, origin, method):
+        """
+        @return: the CORS headers, as C{(name, value)} pairs, of an answer
+            to a request from C{origin} (or C{None}) with C{method}.
+        """
         if origin is None or not self.allows(origin):
-            return
+            return []
         if self._strict:
-            request.setHeader(b"Vary", b"Origin")
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+            headers = [
+                (b"Vary", b"Origin"),
+                (b"Access-Control-Allow-Origin", origin),
+                (b"Access-Control-Allow-Credentials", b"true"),
+            ]
         else:
-            request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS)
-        if request.method == b"OPTIONS":
-            request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
-            request.setHeader(b"Access-Control-Allow-Headers", ALLOWED_HEADERS)
-            request.setHeader(b"Access-Control-Max-Age", PREFLIGHT_MAX_AGE)
+            headers = [(b"Access-Control-Allow-Origin", b"*")]
+        headers.append((b"Access-Control-Expose-Headers", EXPOSED_HEADERS))
+        if method == b"OPTIONS":
+            headers += [
+                (b"Access-Control-Allow-Methods", ALLOWED_METHODS),
+                (b"Access-Control-Allow-Headers", ALLOWED_HEADERS),
+                (b"Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
+            ]
+        return headers
 
 
 def _origin_of(url):
@@ -244,12 +256,44 @@ class JmapRequest(Request):
     def process(self):
         site = self.channel.site
         site.cors.apply(self)
+        fault = _request_fault(self)
+        if fault is not None:
+            self.site = site
+            self.setHeader(b"Connection", b"close")
+            self.write(problem(self, 400, "Bad Request", fault))
+            self.finish()
+            return
         if self.method == b"OPTIONS":
             self.site = site
             self.setResponseCode(204)
             self.finish()
             return
         super().process()
+
+
+# A Host header's value (RFC 9110 section 7.2): a registered name or an IPv4
+# address, or an IP literal in brackets, then maybe a port.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
+
+
+def _request_fault(request):
+    """
+    @return: why a request is malformed before any route sees it (its Host
+        header, a path that is not UTF-8), or C{None}.
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"Host") or []
+    if len(hosts) > 1:
+        return "The request has more than one Host header."
+    if not hosts:
+        if request.clientproto != b"HTTP/1.0":
+            return "An HTTP/1.1 request needs a Host header."
+    elif not _HOST.fullmatch(hosts[0]):
+        return "The Host header is not a host name or address."
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "The request's path is not UTF-8 once percent-decoded."
+    return None
 
 
 class JmapSite(Site):

@@ -15,6 +15,8 @@ larger than the server takes meets before any route runs.
    file-descriptor limit leaves after a reserve for the database, blob
    files and the cluster, so the server refuses politely instead of
    running into EMFILE (where every refused accept would be logged).
+ - A client that closes its sending side after its requests (a
+   half-close) still gets every answer; then the connection closes.
  - A body announced (Content-Length) or found (chunked) larger than the
    site's largest limit is refused as soon as that is known: no
    C{100 Continue}, nothing more of it read, the route's C{limit} problem
@@ -25,7 +27,9 @@ import resource
 from contextlib import suppress
 
 import orjson
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.web.http import HTTPChannel
+from zope.interface import implementer
 
 # Descriptors kept back from the connection cap: the database and its WAL,
 # blob files being read or written, the cluster's sockets, logs.
@@ -48,22 +52,27 @@ def default_max_connections():
     return max(16, soft - DESCRIPTOR_RESERVE)
 
 
-def _raw_problem(status, reason, detail):
+def _raw_problem(status, reason, detail, headers=()):
     body = orjson.dumps(
         {"type": "about:blank", "status": status, "title": reason, "detail": detail}
     )
+    extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason.encode("ascii"), len(body))
+        b"Content-Length: %d\r\nConnection: close\r\n%s\r\n"
+        % (status, reason.encode("ascii"), len(body), extra)
     ) + body
 
 
+@implementer(IHalfCloseableProtocol)
 class JmapChannel(HTTPChannel):
     """
     An HTTP/1.1 connection of the JMAP site (C{site} is a
     L{ConnectionLimits}-carrying site, see L{make_site}).
     """
+
+    # The client will send nothing more.
+    _read_closed = False
 
     # The pending header deadline, or None while a request is handled.
     _header_deadline = None
@@ -147,10 +156,40 @@ class JmapChannel(HTTPChannel):
             return
         super().allContentReceived()
 
+    def _respondToBadRequestAndDisconnect(self):
+        # Broken framing (two Content-Lengths, a negative one, both it and
+        # Transfer-Encoding, a bad chunk, a header Twisted refuses): Twisted
+        # answers an empty 400; a web client gets a document it can read.
+        origin = method = None
+        if self.requests:
+            last = self.requests[-1]
+            origin, method = last.requestHeaders.getRawHeaders(b"Origin", [None])[0], last.method
+        cors = self.site.cors.headers(origin, method)
+        self.transport.write(_raw_problem(
+            400, "Bad Request", "The request is not well-formed HTTP/1.1.", cors
+        ))
+        self.loseConnection()
+
     def requestDone(self, request):
         super().requestDone(request)
-        if self.persistent and self.transport is not None and self.transport.connected:
+        if self._read_closed and not self._handlingRequest:
+            # Every request the client sent before closing is answered.
+            self.transport.loseConnection()
+        elif self.persistent and self.transport is not None and self.transport.connected:
             self._arm_header_deadline()
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self):
+        self._read_closed = True
+        self._disarm_header_deadline()
+        if not self._handlingRequest:
+            # Nothing is being answered; a request cut short never will be.
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        # No answer can reach the client any more.
+        self.transport.loseConnection()
 
 
 class ConnectionLimits:
