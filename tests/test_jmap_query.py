@@ -7,6 +7,7 @@ from twisted.internet import defer
 
 from stalwart_tw.jmap.principal import principal_id
 from stalwart_tw.jmap.session import account_id
+from stalwart_tw.store.collation import unicode_casemap
 from tests.test_jmap_principal import PrincipalTestCase
 
 # The fixture's principals visible to the admin, by name.
@@ -205,6 +206,47 @@ class QueryFilterTests(QueryTestCase):
             filter_value = {"operator": "NOT", "conditions": [filter_value]}
         error = yield self.error("Principal/query", {"filter": filter_value})
         self.assertEqual(error, "invalidArguments")
+
+
+class QueryInSqlTests(QueryTestCase):
+    """
+    Principal/query runs in SQL on the reader threads.
+    """
+
+    @defer.inlineCallbacks
+    def test_no_principal_read_into_memory(self):
+        """A query never reads the principals themselves: filter and sort are the database's."""
+        principals = next(
+            extension for extension in self.service.jmap._extensions
+            if hasattr(extension, "principals")
+        ).principals
+
+        def refused(*arguments, **keywords):
+            raise AssertionError("read every principal")
+
+        real = principals.read_with_state, principals.read
+        principals.read_with_state = principals.read = refused
+        try:
+            result = yield self.query(
+                filter={"operator": "OR", "conditions": [{"text": "BUILDER"}, {"email": "JD@"}]},
+                sort=[{"property": "name", "isAscending": False}],
+            )
+        finally:
+            principals.read_with_state, principals.read = real
+        self.assertEqual((yield self.names_of(result["ids"])), ["jane", "bob"])
+
+    @defer.inlineCallbacks
+    def test_unicode_casemap_in_sql(self):
+        """Case folding and the Unicode collation hold in SQL as in Python."""
+        directory = self.service.directory
+        yield directory.create_principal("individual", "stra\u00dfe", description="Stra\u00dfe")
+        yield directory.create_principal("individual", "\u00e9mile")
+        names = yield self.query_names(filter={"text": "STRASSE"})
+        self.assertEqual(names, ["stra\u00dfe"])
+        names = yield self.query_names(
+            filter={"type": "individual"}, sort=[{"property": "name"}])
+        self.assertEqual(names, sorted(names, key=unicode_casemap))
+        self.assertLess(names.index("\u00e9mile"), names.index("jane"))
 
 
 class QuerySortTests(QueryTestCase):

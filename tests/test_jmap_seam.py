@@ -133,9 +133,9 @@ class CoreOnlyNodeTests(NodeServiceMixin, TestCase):
         self.assertNotIn(account_id(sales.id), json.loads(body)["accounts"])
 
 
-class OpenStandardMethodsTests(TestCase):
+class _NotesOnAStore(TestCase):
     """
-    The standard methods over the notes type, on a store, without HTTP.
+    The notes type on a store, two notes in account 1, without HTTP.
     """
 
     @defer.inlineCallbacks
@@ -165,6 +165,13 @@ class OpenStandardMethodsTests(TestCase):
     def refused(self, method, arguments):
         error = yield self.assertFailure(self.call(method, arguments), MethodError)
         return error.arguments()
+
+
+
+class OpenStandardMethodsTests(_NotesOnAStore):
+    """
+    The standard methods over the notes type.
+    """
 
     @defer.inlineCallbacks
     def test_type_arguments_taken(self):
@@ -241,6 +248,26 @@ class OpenStandardMethodsTests(TestCase):
         self.assertEqual(error["type"], "unsupportedFilter")
         error = yield self.refused(standard_query, {"sort": [{"property": "body"}]})
         self.assertEqual(error["type"], "unsupportedSort")
+
+
+class InMemoryQueryTests(_NotesOnAStore):
+    """
+    The in-memory engine, for a type with few objects: a QuerySpec.
+    """
+
+    @defer.inlineCallbacks
+    def test_filter_and_sort_in_python(self):
+        """contains_text and by_property filter and sort the objects the type reads."""
+        from stalwart_tw.jmap.query import QuerySpec, by_property, contains_text
+
+        spec = QuerySpec(filter_properties={"text": contains_text("title", "body")},
+                         sort_properties={"title": by_property("title")})
+        arguments = {"accountId": self.home, "filter": {"text": "NOTE"},
+                     "sort": [{"property": "title", "isAscending": False}]}
+        result = yield defer.ensureDeferred(
+            standard_query(self.notes, spec, _Limits, self.context, arguments))
+        got = yield self.call(standard_get, {"ids": result["ids"]})
+        self.assertEqual([note["title"] for note in got["list"]], ["beta", "alpha"])
 
 
 class _Limits:

@@ -121,11 +121,15 @@ class PrincipalType(WritableType):
         return DIRECTORY_ACCOUNT
 
     @staticmethod
-    def _visible(context):
-        # None: everything.
+    def visible_to(context):
+        """
+        @return: the principal ids the caller may see, or C{None}: all.
+        """
         if context.principal.name == ADMIN_NAME:
             return None
         return set(context.accounts)
+
+    _visible = visible_to
 
     async def read(self, context, account, ids, properties=None, extra=None):
         return (await self.read_with_state(context, account, ids))[1]
@@ -405,6 +409,7 @@ class PrincipalsExtension(Extension):
 
     def __init__(self, directory, store, writer, settings):
         self.principals = PrincipalType(directory, store)
+        self._store = store
         self._writer = writer
         self._settings = settings
 
@@ -412,10 +417,11 @@ class PrincipalsExtension(Extension):
         return {}, {"currentUserPrincipalId": principal_id(principal.id)}
 
     def methods(self):
-        from stalwart_tw.jmap.principal_query import PRINCIPAL_QUERY
+        from stalwart_tw.jmap.principal_query import PrincipalQuery
         from stalwart_tw.jmap.query import standard_query, standard_query_changes
 
         principals, settings, writer = self.principals, self._settings, self._writer
+        query = PrincipalQuery(principals, self._store)
         return {
             "Principal/get": lambda context, arguments: standard_get(
                 principals, settings.max_objects_in_get, context, arguments
@@ -427,10 +433,10 @@ class PrincipalsExtension(Extension):
                 principals, writer, settings.max_objects_in_set, context, arguments
             ),
             "Principal/query": lambda context, arguments: standard_query(
-                principals, PRINCIPAL_QUERY, settings, context, arguments
+                principals, query, settings, context, arguments
             ),
             "Principal/queryChanges": lambda context, arguments: standard_query_changes(
-                principals, PRINCIPAL_QUERY, settings, context, arguments
+                principals, query, settings, context, arguments
             ),
         }
 

@@ -26,7 +26,6 @@ allows the extra removals, and this is right whatever the filter and sort
 are, mutable properties included.
 """
 
-import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -51,6 +50,7 @@ from stalwart_tw.store.changes import (
     decode_state,
     encode_state,
 )
+from stalwart_tw.store.collation import COLLATIONS
 
 # Method-level errors of /query and /queryChanges.
 UNSUPPORTED_FILTER = "unsupportedFilter"
@@ -153,54 +153,51 @@ def by_property(property_name):
     return lambda obj: obj.get(property_name)
 
 
-# Collations (RFC 4790 registry), as key functions of a string.
-
-_ASCII_UPPER_TO_LOWER = str.maketrans(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
-)
-
-
-def _ascii_casemap(text):
-    # RFC 4790 section 9.2: only A-Z fold.
-    return text.translate(_ASCII_UPPER_TO_LOWER)
-
-
-def _ascii_numeric(text):
-    # RFC 4790 section 9.1: the leading decimal digits as a number; a string
-    # that starts with none is positive infinity, equal to every other such.
-    digits = len(text) - len(text.lstrip("0123456789"))
-    return (0, int(text[:digits])) if digits else (1, 0)
-
-
-def _unicode_casemap(text):
-    # RFC 5051: titlecase each character, then NFKD; code point order is
-    # the UTF-8 octet order the RFC compares in.
-    return unicodedata.normalize("NFKD", "".join(character.title() for character in text))
-
-
-COLLATIONS = {
-    "i;ascii-casemap": _ascii_casemap,
-    "i;ascii-numeric": _ascii_numeric,
-    "i;unicode-casemap": _unicode_casemap,
-}
 # Unicode-aware and case-insensitive, as RFC 8620 asks of the default.
 DEFAULT_COLLATION = "i;unicode-casemap"
 
 
-def compile_filter(spec, filter_value):
+class PythonPredicates:
     """
-    Check a /query C{filter} argument and build its predicate.
+    How compile_filter joins conditions for an in-memory query: into
+    predicates C{predicate(object) -> bool}. A type that queries in SQL
+    passes its own joiner (C{everything}, C{all}, C{any}, C{none}) and
+    condition builders that return SQL clauses.
+    """
 
-    @return: C{predicate(object) -> bool}.
+    @staticmethod
+    def everything():
+        return lambda obj: True
+
+    @staticmethod
+    def all(parts):
+        return lambda obj: all(part(obj) for part in parts)
+
+    @staticmethod
+    def any(parts):
+        return lambda obj: any(part(obj) for part in parts)
+
+    @staticmethod
+    def none(parts):
+        return lambda obj: not any(part(obj) for part in parts)
+
+
+def compile_filter(spec, filter_value, join=PythonPredicates):
+    """
+    Check a /query C{filter} argument and build what it selects.
+
+    @param join: how conditions are joined (L{PythonPredicates}: a
+        predicate of objects; a SQL joiner: a clause).
+    @return: the predicate (or clause) of the whole filter.
     @raise MethodError: C{invalidArguments} for a malformed filter;
         C{unsupportedFilter} for a condition property C{spec} lacks.
     """
     if filter_value is None:
-        return lambda obj: True
-    return _compile_filter(spec, filter_value, 0)
+        return join.everything()
+    return _compile_filter(spec, filter_value, 0, join)
 
 
-def _compile_filter(spec, node, depth):
+def _compile_filter(spec, node, depth, join):
     if not isinstance(node, dict):
         raise invalid_arguments(
             f"a filter must be a FilterOperator or FilterCondition object, not {node!r}"
@@ -208,7 +205,7 @@ def _compile_filter(spec, node, depth):
     if depth > MAX_FILTER_DEPTH:
         raise invalid_arguments(f"the filter is nested deeper than {MAX_FILTER_DEPTH}")
     if "operator" not in node:
-        return _compile_condition(spec, node)
+        return _compile_condition(spec, node, join)
     operator, conditions = node["operator"], node.get("conditions")
     extra = sorted(set(node) - {"operator", "conditions"})
     if extra:
@@ -217,25 +214,25 @@ def _compile_filter(spec, node, depth):
         raise invalid_arguments(f"'operator' must be 'AND', 'OR' or 'NOT', not {operator!r}")
     if not isinstance(conditions, list):
         raise invalid_arguments("a FilterOperator's 'conditions' must be an array")
-    predicates = [_compile_filter(spec, condition, depth + 1) for condition in conditions]
+    parts = [_compile_filter(spec, condition, depth + 1, join) for condition in conditions]
     if operator == "AND":
-        return lambda obj: all(predicate(obj) for predicate in predicates)
+        return join.all(parts)
     if operator == "OR":
-        return lambda obj: any(predicate(obj) for predicate in predicates)
-    return lambda obj: not any(predicate(obj) for predicate in predicates)
+        return join.any(parts)
+    return join.none(parts)
 
 
-def _compile_condition(spec, condition):
-    predicates = []
+def _compile_condition(spec, condition, join):
+    parts = []
     for name, value in condition.items():
         build = spec.filter_properties.get(name)
         if build is None:
             raise MethodError(UNSUPPORTED_FILTER, f"cannot filter on {name!r}")
         try:
-            predicates.append(build(value))
+            parts.append(build(value))
         except FilterValueError as error:
             raise invalid_arguments(f"filter property {name!r} {error}") from None
-    return lambda obj: all(predicate(obj) for predicate in predicates)
+    return join.all(parts)
 
 
 @dataclass(frozen=True)

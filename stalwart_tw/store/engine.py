@@ -26,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 from stalwart_tw.inflight import InFlight
 from stalwart_tw.logs import Logger
 from stalwart_tw.store import schema
+from stalwart_tw.store.collation import register as register_collations
 from stalwart_tw.store.errors import StoreError
 
 DATABASE_FILE = "stalwart.sqlite3"
@@ -45,6 +46,7 @@ def _configure_connection(dbapi_connection, connection_record):
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    register_collations(dbapi_connection)
 
 
 def _begin(connection):
