@@ -7,7 +7,7 @@ connection caps, and bodies refused as soon as they are known too large.
 import json
 from base64 import b64encode
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
@@ -175,6 +175,7 @@ class PreciseAnswerTests(ChannelTestCase):
         """Twisted's own refusals of broken framing are problem documents, with CORS headers."""
         for framing in (b"Content-Length: 5\r\nContent-Length: 6\r\n",
                         b"Content-Length: -1\r\n",
+                        b"Content-Type: text/pl\x00ain\r\nContent-Length: 2\r\n",
                         b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"):
             _, transport, head, body = self.request(
                 b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\nOrigin: https://app.example\r\n"
@@ -198,4 +199,58 @@ class PreciseAnswerTests(ChannelTestCase):
         protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.")
         protocol.readConnectionLost()
         self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+
+class LoginBeforeBodyTests(ChannelTestCase):
+    """
+    Credentials not verified moments ago are checked before the body is read.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.pending = []
+        directory = self.site.check_login.__self__._directory
+        real = directory.authenticate
+
+        def later(login, password):
+            waiting = defer.Deferred()
+            self.pending.append((waiting, real(login, password)))
+            return waiting
+
+        directory.authenticate = later
+
+    def finish_checks(self):
+        while self.pending:
+            waiting, outcome = self.pending.pop(0)
+            outcome.addCallback(waiting.callback)
+
+    def post(self, credentials, body):
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\n" + credentials
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        return protocol, transport
+
+    def test_body_waits_for_the_login(self):
+        """Until the password is checked nothing of the body is kept and the reading is paused."""
+        body = json.dumps({"using": ["urn:ietf:params:jmap:core"],
+                           "methodCalls": [["Core/echo", {"a": 1}, "c"]]}).encode()
+        protocol, transport = self.post(JANE, body)
+        request = protocol.requests[-1]
+        self.assertEqual(request.body_size, 0)
+        self.assertEqual(transport.producerState, "paused")
+        self.finish_checks()
+        self.assertEqual(request.body_size, len(body))
+        self.assertIn(b'"methodResponses":[["Core/echo",{"a":1},"c"]]', transport.value())
+
+    def test_bad_login_body_never_read(self):
+        """A wrong password: a 401 with nothing of the body read, and the connection closes."""
+        wrong = b"Authorization: Basic " + b64encode(b"jane:not-her-password") + b"\r\n"
+        protocol, transport = self.post(wrong, b"x" * 900)
+        request = protocol.requests[-1]
+        self.finish_checks()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        self.assertEqual(request.body_size, 0)
         self.assertTrue(transport.disconnecting)

@@ -30,8 +30,9 @@ from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 from klein import Klein
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -232,6 +233,9 @@ class JmapRequest(Request):
     body_size = 0
     body_too_large = False
     body_discarded = False
+    # The check of the credentials made when the headers arrived (a
+    # Deferred of the principal or None), or None.
+    early_login = None
 
     def gotLength(self, length):
         if self.method != b"OPTIONS" and parse_basic(self.getHeader(b"Authorization")) is None:
@@ -244,6 +248,10 @@ class JmapRequest(Request):
 
     def handleContentChunk(self, data):
         self.body_size += len(data)
+        if self.body_too_large:
+            # Refused already (and maybe answered, the channel let go):
+            # the rest of the body is dropped as it comes.
+            return
         if self.body_size > self.channel.site.max_body:
             self.body_too_large = self.body_discarded = True
             # Refused now: nothing more of it is read (see http/channel.py).
@@ -335,6 +343,7 @@ def make_site(http, settings, reactor=None):
     site.displayTracebacks = False
     site.cors = CorsPolicy(settings)
     site.max_body = max(settings.max_size_request, settings.max_size_upload)
+    site.check_login = http.check_login_early
     site.connection_limits = ConnectionLimits(
         settings.max_connections or default_max_connections(),
         settings.max_connections_per_address,
@@ -516,6 +525,37 @@ class JmapHttp:
         request.setHeader(b"WWW-Authenticate", CHALLENGE)
         return problem(request, 401, "Unauthorized", "You have to authenticate first.")
 
+    def check_login_early(self, request):
+        """
+        For the channel, when a request's headers have arrived and a body
+        follows: check its credentials before any of the body is kept.
+
+        @return: C{None} when nothing needs checking (no credentials, a
+            login verified moments ago, a node not ready), else a Deferred
+            firing with the principal, or C{None} for a failed login; it
+            fails with L{Refused} past a limit. The route takes the same
+            outcome, so a login is never checked twice.
+        """
+        credentials = parse_basic(request.getHeader(b"Authorization"))
+        if credentials is None or not self._is_ready():
+            return None
+        if self._directory.recently_verified(*credentials) is not None:
+            return None
+        checking = ensureDeferred(self._check_login(request, credentials))
+        # The route awaits the outcome too, and observes a failure there;
+        # the channel hears None (refuse the body) for a failure.
+        outcome = Deferred()
+
+        def forward(result):
+            if isinstance(result, Failure):
+                outcome.errback(result)
+                return None
+            outcome.callback(result)
+            return result
+
+        request.early_login = outcome
+        return checking.addBoth(forward)
+
     async def _check_login(self, request, credentials):
         # Most requests come from a login verified moments ago: no Deferred.
         principal = self._directory.recently_verified(*credentials)
@@ -571,7 +611,11 @@ class JmapHttp:
                 "Too many requests without credentials from this address; try again later.",
             )
             raise Refused(self._challenge(request))
-        principal = await self._check_login(request, credentials)
+        if getattr(request, "early_login", None) is not None:
+            # Checked when the headers arrived, before the body was read.
+            principal = await request.early_login
+        else:
+            principal = await self._check_login(request, credentials)
         if principal is None:
             raise Refused(self._challenge(request))
         await self._refuse_if_over(

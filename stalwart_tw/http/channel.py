@@ -17,6 +17,10 @@ larger than the server takes meets before any route runs.
    running into EMFILE (where every refused accept would be logged).
  - A client that closes its sending side after its requests (a
    half-close) still gets every answer; then the connection closes.
+ - A request with a body and credentials not verified moments ago has
+   them checked (and rate-limited) before any of its body is read, so a
+   bogus login never gets a body spooled to disk; a failed one is answered
+   at once, the body unread.
  - A body announced (Content-Length) or found (chunked) larger than the
    site's largest limit is refused as soon as that is known: no
    C{100 Continue}, nothing more of it read, the route's C{limit} problem
@@ -28,6 +32,7 @@ from contextlib import suppress
 
 import orjson
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
@@ -130,6 +135,34 @@ class JmapChannel(HTTPChannel):
         request = self.requests[-1]
         if getattr(request, "body_too_large", False) and self._refused is not request:
             self.refuse_body(request)
+            return
+        if self.length != 0:
+            self._check_login_first(request)
+
+    def _check_login_first(self, request):
+        # A body follows: nothing of it is read (nor spooled to disk)
+        # until its credentials are known good.
+        check = getattr(self.site, "check_login", None)
+        checking = None if check is None else check(request)
+        if checking is None:
+            return
+        self.paused = True
+        self.transport.pauseProducing()
+        checking.addBoth(self._login_checked, request)
+
+    def _login_checked(self, outcome, request):
+        if request not in self.requests or getattr(request, "channel", None) is not self:
+            # The client left while its login was checked.
+            return
+        if isinstance(outcome, Failure) or outcome is None:
+            # A failed login or a limit: answered now, the body unread.
+            self.refuse_body(request)
+        self.paused = False
+        transport = self.transport
+        if transport is not None and transport.connected and not transport.disconnecting:
+            transport.resumeProducing()
+            if not self._busyReceiving:
+                self.dataReceived(b"")
 
     def _send100Continue(self):
         # No "go on" for a body that will be refused anyway.
