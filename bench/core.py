@@ -209,21 +209,32 @@ async def load(port, seconds, connections, requests):
     return len(latencies) / elapsed, latencies, errors
 
 
+def spawn_node(folder, port, *extra_arguments):
+    """
+    Start `twistd -n stalwart` with its data in C{folder} and HTTP on
+    C{port}, the admin's password L{SECRET}.
+
+    @return: C{(Node, process transport)}.
+    """
+    node = Node()
+    arguments = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "stalwart", f"--db-path={folder}/data",
+        f"--jmap-port={port}", "--manhole-port=0", f"--admin-secret={SECRET}",
+        # Measuring the server, not its rate limit: one client sends thousands.
+        "--rate-limit-authenticated=1000000000/1", *extra_arguments,
+    ]
+    process = reactor.spawnProcess(
+        node, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY),
+        path=folder,
+    )
+    return node, process
+
+
 async def run(seconds, connection_counts):
     port = free_port()
-    node = Node()
     with tempfile.TemporaryDirectory() as folder:
-        arguments = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "stalwart", f"--db-path={folder}/data",
-            f"--jmap-port={port}", "--manhole-port=0", f"--admin-secret={SECRET}",
-            # Measuring the server, not its rate limit: one client sends thousands.
-            "--rate-limit-authenticated=1000000000/1",
-        ]
-        process = reactor.spawnProcess(
-            node, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY),
-            path=folder,
-        )
+        node, process = spawn_node(folder, port)
         try:
             await node.ready
             for (label, make_requests), connections in itertools.product(

@@ -29,15 +29,13 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from bench.core import (
-    REPOSITORY,
-    SECRET,
     KeepAliveClient,
-    Node,
     _get,
     _post,
     _response_length,
     free_port,
     percentile,
+    spawn_node,
 )
 
 BLOB_SIZE = 300 * 1024
@@ -115,18 +113,8 @@ def _line(label, latencies, errors):
 
 async def one_node(seconds, attackers, extra_arguments, label):
     port = free_port()
-    node = Node()
     with tempfile.TemporaryDirectory() as folder:
-        arguments = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "stalwart", f"--db-path={folder}/data",
-            f"--jmap-port={port}", "--manhole-port=0", f"--admin-secret={SECRET}",
-            "--rate-limit-authenticated=1000000000/1", *extra_arguments,
-        ]
-        process = reactor.spawnProcess(
-            node, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY),
-            path=folder,
-        )
+        node, process = spawn_node(folder, port, *extra_arguments)
         try:
             await node.ready
             from blake3 import blake3

@@ -9,14 +9,12 @@ no secret:
    of its own: the cost of building one batch for the call and committing
    it (one fsync whatever the size of the call);
  - over HTTP to a node started with `twistd -n stalwart`, one keep-alive
-   connection. Today every change to the directory drops the cached
-   logins, so each call there also pays one full Argon2 check of the
-   caller's password.
+   connection (the admin's login stays cached: the calls change other
+   principals).
 """
 
 import itertools
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ import time
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from bench.core import REPOSITORY, SECRET, Node, _api, _response_length, free_port, percentile
+from bench.core import SECRET, _api, _response_length, free_port, percentile, spawn_node
 
 USING = ("urn:ietf:params:jmap:core", "urn:ietf:params:jmap:principals")
 
@@ -125,19 +123,8 @@ async def in_process(seconds, per_call):
 async def run(seconds, per_call):
     await in_process(seconds, per_call)
     port = free_port()
-    node = Node()
     with tempfile.TemporaryDirectory() as folder:
-        arguments = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "stalwart", f"--db-path={folder}/data",
-            f"--jmap-port={port}", "--manhole-port=0", f"--admin-secret={SECRET}",
-            # Measuring the server, not its rate limit: one client sends thousands.
-            "--rate-limit-authenticated=1000000000/1",
-        ]
-        process = reactor.spawnProcess(
-            node, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY),
-            path=folder,
-        )
+        node, process = spawn_node(folder, port)
         try:
             await node.ready
             requests = set_requests(port, per_call, 1_000_000)
