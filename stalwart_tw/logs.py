@@ -8,6 +8,7 @@ own events keep twistd's defaults.) Twisted has no level below debug, so
 `trace` is debug.
 """
 
+from collections import OrderedDict
 from functools import partial
 
 from twisted.logger import (
@@ -49,3 +50,47 @@ def debug_enabled():
         building an event that would be dropped (per request, that adds up).
     """
     return _predicate.defaultLogLevel is LogLevel.debug
+
+
+# A log line about one address at most this often, in seconds...
+LOG_INTERVAL = 60.0
+# ... for at most this many addresses at a time.
+LOG_TABLE_MAX = 1000
+
+
+class LogThrottle:
+    """
+    Which of a stream of events about one address deserve a log line: the
+    first, then the first after each C{interval}; the rest are counted.
+
+    @param clock: C{seconds()}, the reactor's or a L{task.Clock}.
+    @param most: addresses kept; past it the one logged longest ago goes
+        (and is logged again at its next event).
+    """
+
+    def __init__(self, clock, interval=LOG_INTERVAL, most=LOG_TABLE_MAX):
+        self._clock = clock
+        self._interval = interval
+        self._most = most
+        # Address -> [clock time of its last line, events held back since],
+        # least recently logged first.
+        self._table = OrderedDict()
+
+    def admit(self, address):
+        """
+        Count an event about C{address}.
+
+        @return: C{None} to stay quiet, else how many events (this one
+            included) happened since the address's last line.
+        """
+        now = self._clock.seconds()
+        entry = self._table.get(address)
+        if entry is not None and now - entry[0] < self._interval:
+            entry[1] += 1
+            return None
+        count = 1 if entry is None else entry[1] + 1
+        self._table.pop(address, None)
+        self._table[address] = [now, 0]
+        if len(self._table) > self._most:
+            self._table.popitem(last=False)
+        return count

@@ -18,6 +18,8 @@ written by whoever sent the request and prove nothing.
 import math
 import re
 
+from stalwart_tw.logs import LogThrottle
+
 # Keys kept at most; past that, windows that are over go first, then the
 # oldest.
 MAX_KEYS = 100_000
@@ -138,12 +140,9 @@ class FailedLogins:
     def __init__(self, rate, clock, log, where, max_keys=MAX_KEYS):
         self._by_address = RateLimit(rate, clock, max_keys)
         self._by_login = RateLimit(rate, clock, max_keys)
-        self._lines = RateLimit(type(rate)(1, rate.seconds), clock, max_keys)
-        # address -> failures not yet told in a log line.
-        self._untold = {}
+        self._lines = LogThrottle(clock, rate.seconds)
         self._log = log
         self._where = where
-        self._max_keys = max_keys
 
     def retry_after(self, address, login):
         """
@@ -175,11 +174,10 @@ class FailedLogins:
         """
         self._by_address.hit(address)
         self._by_login.hit(_login_key(login))
-        if self._lines.take(address) is not None:
-            if address in self._untold or len(self._untold) < self._max_keys:
-                self._untold[address] = self._untold.get(address, 0) + 1
+        told = self._lines.admit(address)
+        if told is None:
             return
-        more = self._untold.pop(address, 0)
+        more = told - 1
         self._log.warn(
             "{where}: failed login for {login!r} from {address}{more}",
             where=self._where, login=str(login)[:100],

@@ -24,6 +24,18 @@ A new node sends join to its seeds until one answers; a node that stops
 cleanly sends leave. A member whose pings go unanswered while its RPC
 connection is up is probed over RPC before it is suspected, so a network
 that drops UDP does not make a healthy node flap.
+
+A source address whose packets do not open with our key (a node of another
+cluster, or one with another encryption-key) is logged once per
+L{UNOPENED_LOG_INTERVAL} (60 s), with the count since the last line, in a
+table of at most 1,000 addresses (L{stalwart_tw.logs.LogThrottle}).
+
+A member offline or left for more than L{FORGET_AFTER} (24 hours) is
+forgotten at the next round: it leaves the table and the member lists, and
+its RPC link is dropped. Its last (generation, epoch) is kept for another
+L{FORGET_AFTER}, so a stale sample or a replayed packet cannot bring it
+back; a packet newer than that (it restarted, or kept counting behind a
+partition) welcomes it again like any new member.
 """
 
 import ipaddress
@@ -40,6 +52,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from stalwart_tw.cluster.failure import ALIVE, OFFLINE, SUSPECTED, PhiAccrual, state_of
+from stalwart_tw.logs import LOG_INTERVAL, LogThrottle
 from stalwart_tw.logs import Logger
 
 MAX_PACKET = 1400
@@ -58,6 +71,10 @@ MEMBER_LIST_MAX = 10_000
 LEFT = "left"
 # A silent peer with an RPC connection up is probed over it from this phi.
 PROBE_PHI = 3.0
+# Seconds between two lines about one address sending packets we cannot open.
+UNOPENED_LOG_INTERVAL = LOG_INTERVAL
+# Seconds a member stays offline or left before it is forgotten.
+FORGET_AFTER = 24 * 3600.0
 
 JOIN, JOIN_REPLY, PING, PONG, LEAVE = 1, 2, 3, 4, 5
 _KINDS = frozenset({JOIN, JOIN_REPLY, PING, PONG, LEAVE})
@@ -198,6 +215,8 @@ class Member:
     jmap_url: str = None
     role: str = None
     state: str = ALIVE
+    # Clock time of the last change of state (or of joining).
+    state_since: float = None
     last_seen: float = None
     detector: PhiAccrual = field(default=None, repr=False)
 
@@ -239,7 +258,8 @@ class Gossip(DatagramProtocol):
     @param seeds: C{(host, port)} of the seed nodes (host names resolved
         with the reactor's resolver, never blocking).
     @param rpc: the node's RPC client (C{call(address, method, payload)},
-        C{state(address)}, C{peer_alive(address)}), or C{None}.
+        C{state(address)}, C{peer_alive(address)}, C{forget(address)}), or
+        C{None}.
     @param clock: the reactor (IReactorTime, and IReactorCore for resolve).
     @param wall_clock: seconds since the epoch, for the admin table.
     """
@@ -262,8 +282,12 @@ class Gossip(DatagramProtocol):
         # The last Raft log term and index, for peers to compare.
         self.term = 0
         self.index = 0
-        # Peer id -> Member, every peer ever heard of (left ones included).
+        # Peer id -> Member, every peer heard of and not forgotten (left
+        # ones included).
         self.members = {}
+        # Peer id -> (generation, epoch, clock time) of forgotten members:
+        # only newer news of them brings them back.
+        self._forgotten = {}
         # Packets dropped, by reason.
         self.dropped = {"oversize": 0, "unopened": 0, "malformed": 0, "unsendable": 0}
         self._seal = PacketSeal(encryption_key)
@@ -275,6 +299,8 @@ class Gossip(DatagramProtocol):
         self.rpc = rpc
         self._clock = clock
         self._wall_clock = wall_clock
+        # Source addresses of packets that do not open, logged once an interval.
+        self._unopened_log = LogThrottle(clock, UNOPENED_LOG_INTERVAL)
         # Heard from any member: no more join packets.
         self._joined = not self._seeds
         # Peer ids still to ping in this turn, popped from the end.
@@ -380,6 +406,7 @@ class Gossip(DatagramProtocol):
 
     def _judge(self):
         now = self._clock.seconds()
+        self._sweep(now)
         for member in list(self.members.values()):
             if member.state == LEFT:
                 continue
@@ -392,8 +419,38 @@ class Gossip(DatagramProtocol):
             if state != member.state:
                 self._transition(member, state)
 
+    def _sweep(self, now):
+        for node_id, (_, _, since) in list(self._forgotten.items()):
+            if now - since > FORGET_AFTER:
+                del self._forgotten[node_id]
+        for member in list(self.members.values()):
+            if member.state in (OFFLINE, LEFT) and now - member.state_since > FORGET_AFTER:
+                self._forget(member, now)
+
+    def _forget(self, member, now):
+        del self.members[member.node_id]
+        self._forgotten[member.node_id] = (member.generation, member.epoch, now)
+        self.log.info("cluster: forgetting peer {id} at {address}, {state} for more than "
+                      "{hours:g} hours", id=member.node_id,
+                      address=_host_port(member.host, member.port), state=member.state,
+                      hours=FORGET_AFTER / 3600)
+        # Another member may have taken the address over: its link stays.
+        if self.rpc is not None and all(m.address != member.address
+                                        for m in self.members.values()):
+            self.rpc.forget(member.address)
+
+    def _still_forgotten(self, summary):
+        forgotten = self._forgotten.get(summary.node_id)
+        if forgotten is None:
+            return False
+        if not summary.newer_than(forgotten[0], forgotten[1]):
+            return True
+        del self._forgotten[summary.node_id]
+        return False
+
     def _transition(self, member, state):
         old, member.state = member.state, state
+        member.state_since = self._clock.seconds()
         self.log.info("cluster: peer {id} at {address} is {state} (was {old})",
                       id=member.node_id, address=_host_port(member.host, member.port),
                       state=state, old=old)
@@ -407,6 +464,12 @@ class Gossip(DatagramProtocol):
             kind, sender, sample, extra = decode_packet(self._seal.open(data))
         except PacketRejected as rejected:
             self.dropped[rejected.reason] += 1
+            if rejected.reason == "unopened":
+                count = self._unopened_log.admit(address)
+                if count is not None:
+                    self.log.warn("cluster: dropping packets from {address} that do not open "
+                                  "with our key ({count} since the last line)",
+                                  address=_host_port(*address), count=count)
             return
         if sender.node_id == self.node_id:
             return
@@ -437,6 +500,8 @@ class Gossip(DatagramProtocol):
         now = self._clock.seconds()
         member = self.members.get(summary.node_id)
         if member is None:
+            if self._still_forgotten(summary):
+                return None
             member = self._add_member(summary, now)
             self._fetch_members(source)
             return member
@@ -462,7 +527,7 @@ class Gossip(DatagramProtocol):
     def _add_member(self, summary, now):
         member = Member(summary.node_id, summary.host, summary.port, summary.generation,
                         summary.epoch, summary.term, summary.index,
-                        detector=PhiAccrual(self._interval))
+                        state_since=now, detector=PhiAccrual(self._interval))
         self.members[summary.node_id] = member
         self.log.info("cluster: peer {id} at {address} joined", id=member.node_id,
                       address=_host_port(member.host, member.port))
@@ -543,6 +608,8 @@ class Gossip(DatagramProtocol):
                 continue
             member = self.members.get(summary.node_id)
             if member is None:
+                if self._still_forgotten(summary):
+                    continue
                 member = self._add_member(summary, self._clock.seconds())
             self._take_card(member, info.get("jmapUrl"), info.get("role"))
         if malformed:

@@ -3,6 +3,8 @@ Dialling cluster peers: one RPC connection per peer address, opened when a
 call needs it, redialled with truncated exponential backoff (with jitter)
 after a failure, given up after rpc-retries-max failures until gossip says
 the peer is alive again, and closed after rpc-inactivity-timeout idle.
+Gossip drops the link of a peer it forgets (offline for a day, see
+L{stalwart_tw.cluster.gossip.FORGET_AFTER}).
 """
 
 import random as _random
@@ -20,7 +22,7 @@ from stalwart_tw.cluster.rpc import (
     format_address,
     tls_exporter,
 )
-from stalwart_tw.logs import Logger
+from stalwart_tw.logs import LogThrottle, Logger
 
 CONNECTED = "connected"
 CONNECTING = "connecting"
@@ -80,13 +82,16 @@ class PeerConnections:
     @param random: the jitter's source (C{uniform}); seed it in tests.
     @param endpoint_for: C{(host, port) -> IStreamClientEndpoint}; TLS over
         TCP by default.
+    @param handshake_failures: the L{LogThrottle} of handshake failure lines
+        (shared with the node's RPC server); one of its own when C{None}.
     """
 
     log = Logger()
 
     def __init__(self, settings, encryption_key, tls_client, handlers=None, reactor=None,
                  clock=None, random=None, binding: Callable = tls_exporter,
-                 max_frame: Optional[int] = None, endpoint_for=None) -> None:
+                 max_frame: Optional[int] = None, endpoint_for=None,
+                 handshake_failures: Optional[LogThrottle] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -99,6 +104,9 @@ class PeerConnections:
         self._binding = binding
         self._max_frame = max_frame
         self._endpoint_for = endpoint_for or self._tls_endpoint
+        self._handshake_failures = (
+            handshake_failures if handshake_failures is not None else LogThrottle(self._clock))
+        # (host, port) -> _PeerLink, made by the first call to the address.
         self._links = {}
         self._stopped = False
 
@@ -136,6 +144,15 @@ class PeerConnections:
         if link is not None:
             link.revive()
 
+    def forget(self, address: tuple) -> None:
+        """
+        Gossip forgot the peer: close its connection, fail its waiting calls
+        and drop its link; a later call dials afresh.
+        """
+        link = self._links.pop(address, None)
+        if link is not None:
+            link.stop()
+
     def close(self) -> Deferred:
         """
         Close every connection, stop dialling, fail waiting calls.
@@ -153,7 +170,8 @@ class PeerConnections:
 
     def _new_protocol(self) -> RpcProtocol:
         return RpcProtocol(self._settings, self._encryption_key, self._handlers, "client",
-                           self._clock, self._binding, self._max_frame)
+                           self._clock, self._binding, self._max_frame,
+                           handshake_failures=self._handshake_failures)
 
 
 class _PeerLink:
@@ -182,6 +200,8 @@ class _PeerLink:
         self._backoff_timer = None
         # Calls waiting for the connection, oldest first.
         self._queue = []
+        # Stopped (closed or forgotten): a failing attempt schedules no redial.
+        self._stopped = False
 
     def call(self, method, payload, timeout):
         if self.state == UNREACHABLE:
@@ -207,6 +227,7 @@ class _PeerLink:
             self.failures = 0
 
     def stop(self) -> Optional[Deferred]:
+        self._stopped = True
         for timer in (self._attempt_timer, self._backoff_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -246,7 +267,7 @@ class _PeerLink:
             self._attempt.cancel()
 
     def _attempt_failed(self, failure) -> None:
-        if self._owner._stopped:
+        if self._stopped:
             return
         if self._attempt_timer.active():
             self._attempt_timer.cancel()

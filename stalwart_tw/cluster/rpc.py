@@ -13,6 +13,13 @@ the peer's MAC is verified, any other frame closes the connection.
 After that the connection is symmetric: either side sends
 C{[REQUEST, id, method, payload]} and gets C{[RESPONSE, id, ok, result]}.
 
+A failed handshake (no proof of the key, a frame out of turn, no AUTH
+within rpc-timeout, a close before authentication) is logged at most once
+per peer host per L{stalwart_tw.logs.LOG_INTERVAL} (60 s), with the count of failures held
+back since the last line, so a misconfigured peer that redials cannot
+flood the log; the hosts are kept in a table of at most L{LOG_TABLE_MAX}
+(1,000), the one logged longest ago dropped first.
+
 L{RpcProtocol} is one connection; L{RpcServerFactory} accepts them;
 L{stalwart_tw.cluster.peers.PeerConnections} dials peers.
 """
@@ -33,7 +40,7 @@ from twisted.internet.interfaces import IHandshakeListener, ISystemHandle
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from stalwart_tw.logs import Logger
+from stalwart_tw.logs import LogThrottle, Logger
 
 HELLO, AUTH, REQUEST, RESPONSE = 0, 1, 2, 3
 FRAME_NAMES = {HELLO: "HELLO", AUTH: "AUTH", REQUEST: "REQUEST", RESPONSE: "RESPONSE"}
@@ -49,7 +56,7 @@ HANDSHAKE_FRAME_MAX = 128
 FRAME_OVERHEAD = 16 * 1024 * 1024
 LENGTH = struct.Struct(">I")
 ROLES = ("client", "server")
-
+# Seconds between two log lines about one misbehaving address (clock time).
 
 
 class RpcError(Exception):
@@ -247,6 +254,8 @@ class RpcProtocol(Protocol):
     @param role: C{"client"} on the dialling side, C{"server"} on the other.
     @param binding: C{callable(transport) -> 32 bytes} identifying the TLS
         session; tests over a plain transport inject a constant.
+    @param handshake_failures: the L{LogThrottle} of handshake failure lines,
+        shared by a node's connections; this connection's own when C{None}.
     """
 
     log = Logger()
@@ -261,6 +270,7 @@ class RpcProtocol(Protocol):
         binding: Callable = tls_exporter,
         max_frame: Optional[int] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        handshake_failures: Optional[LogThrottle] = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
@@ -272,6 +282,9 @@ class RpcProtocol(Protocol):
         self._peer_role = ROLES[1 - ROLES.index(role)]
         self._clock = clock
         self._binding = binding
+        # Lets one handshake failure line per peer host and interval through.
+        self._handshake_failures = (
+            handshake_failures if handshake_failures is not None else LogThrottle(clock))
         # Frame cap once authenticated.
         self._frame_max = max_frame if max_frame is not None else default_frame_max(settings)
         self._decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
@@ -338,9 +351,9 @@ class RpcProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         if not self.authenticated and not self._closing:
-            self.log.warn(
+            self._log_handshake_failure(
                 "RPC connection with {peer} closed before authentication: {reason}",
-                peer=self._peer_text(), reason=reason.getErrorMessage(),
+                reason.getErrorMessage(),
             )
         self._closing = True
         pending, self._pending = self._pending, {}
@@ -562,9 +575,22 @@ class RpcProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
-        self.log.warn("Closing RPC connection with {peer}: {reason}",
-                      peer=self._peer_text(), reason=reason)
+        if self.authenticated:
+            self.log.warn("Closing RPC connection with {peer}: {reason}",
+                          peer=self._peer_text(), reason=reason)
+        else:
+            self._log_handshake_failure("Closing RPC connection with {peer}: {reason}", reason)
         self.transport.abortConnection()
+
+    def _log_handshake_failure(self, text: str, reason: str) -> None:
+        # By host: a peer that dials us comes from a new port every time.
+        host = None if self.peer is None else self.peer.address[0]
+        count = self._handshake_failures.admit(host)
+        if count is None:
+            self.log.debug(text, peer=self._peer_text(), reason=reason)
+            return
+        self.log.warn(text + " ({count} failed handshakes from {host} since the last line)",
+                      peer=self._peer_text(), reason=reason, count=count, host=host)
 
     def _peer_text(self) -> str:
         if self.peer is None:
@@ -577,16 +603,22 @@ class RpcServerFactory(Factory):
     Accepts RPC connections and serves C{handlers} on them.
 
     @param reactor: also the clock of the timeouts.
+    @param handshake_failures: a L{LogThrottle} to share with the node's
+        dialler, so a peer failing both ways is still one line an interval.
     """
 
     # Twisted's "Starting factory" lines say nothing an admin needs.
     noisy = False
 
     def __init__(self, settings, encryption_key, handlers, reactor=None,
-                 binding: Callable = tls_exporter, max_frame: Optional[int] = None) -> None:
+                 binding: Callable = tls_exporter, max_frame: Optional[int] = None,
+                 handshake_failures: Optional[LogThrottle] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        # Shared by every accepted connection (and the node's dialler).
+        self._handshake_failures = (
+            handshake_failures if handshake_failures is not None else LogThrottle(reactor))
         self._settings = settings
         self._encryption_key = encryption_key
         self._handlers = handlers
@@ -597,7 +629,8 @@ class RpcServerFactory(Factory):
 
     def buildProtocol(self, addr) -> RpcProtocol:
         protocol = RpcProtocol(self._settings, self._encryption_key, self._handlers,
-                               "server", self._reactor, self._binding, self._max_frame)
+                               "server", self._reactor, self._binding, self._max_frame,
+                               handshake_failures=self._handshake_failures)
         protocol.factory = self
         self.connections.add(protocol)
         protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))

@@ -11,6 +11,7 @@ from twisted.internet.defer import DeferredList
 from stalwart_tw.cluster.gossip import Gossip, parse_seed
 from stalwart_tw.cluster.peers import PeerConnections
 from stalwart_tw.cluster.rpc import RpcServerFactory
+from stalwart_tw.logs import LogThrottle
 from stalwart_tw.cluster.tls import rpc_tls
 from stalwart_tw.logs import Logger
 
@@ -49,7 +50,10 @@ class ClusterTransport:
         # Shared by the server and the client side: a peer may call back
         # over a connection either side opened.
         handlers = {}
-        self._server = RpcServerFactory(settings, self._key, handlers, reactor=self._reactor)
+        # One handshake failure line per peer host and interval, both ways.
+        handshake_failures = LogThrottle(self._reactor)
+        self._server = RpcServerFactory(settings, self._key, handlers, reactor=self._reactor,
+                                        handshake_failures=handshake_failures)
         tcp = self._reactor.listenSSL(
             settings.rpc_port, self._server, tls.server, interface=settings.rpc_bind_addr
         )
@@ -63,7 +67,8 @@ class ClusterTransport:
         )
         handlers.update(self.gossip.rpc_handlers())
         self.rpc = PeerConnections(
-            settings, self._key, tls.client, handlers=handlers, reactor=self._reactor
+            settings, self._key, tls.client, handlers=handlers, reactor=self._reactor,
+            handshake_failures=handshake_failures,
         )
         self.gossip.rpc = self.rpc
         self._ports.append(

@@ -9,10 +9,12 @@ import os
 
 import msgpack
 from twisted.internet import defer, task
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
 from stalwart_tw.cluster.failure import ALIVE, OFFLINE, SUSPECTED
 from stalwart_tw.cluster.gossip import (
+    FORGET_AFTER,
     JOIN,
     LEFT,
     MAX_PACKET,
@@ -21,6 +23,7 @@ from stalwart_tw.cluster.gossip import (
     PacketRejected,
     PacketSeal,
     Summary,
+    UNOPENED_LOG_INTERVAL,
     decode_packet,
     encode_packet,
     parse_seed,
@@ -81,6 +84,7 @@ class FakeRpc:
     def __init__(self, network, address):
         self.network, self.address = network, address
         self.alive = []
+        self.forgotten = []
 
     def call(self, address, method, payload):
         node = self.network.nodes.get(address)
@@ -97,6 +101,9 @@ class FakeRpc:
 
     def peer_alive(self, address):
         self.alive.append(address)
+
+    def forget(self, address):
+        self.forgotten.append(address)
 
 
 class GossipTestCase(TestCase):
@@ -380,3 +387,70 @@ class HostileInputTests(GossipTestCase):
         a.datagramReceived(old_join, b.advertised)
         self.assertEqual((a.members[b.node_id].jmap_url, a.members[b.node_id].role),
                          ("http://moved", "replica"))
+
+
+class HygieneTests(GossipTestCase):
+    """
+    Strangers are logged without flooding the log; long-gone peers are
+    forgotten.
+    """
+
+    def test_unopened_logged_once_per_interval(self):
+        """Packets under another key: one line per source address per interval, counted."""
+        a = self.node(0)
+        strangers = PacketSeal("not the cluster's key at all")
+        packet = strangers.seal(encode_packet(PING, Summary("99" * 8, 1, 1, 0, 0, "10.9.9.9", 1),
+                                              []))
+
+        def lines(events):
+            return [e for e in events if "do not open" in e.get("log_format", "")]
+
+        with capturedLogs() as events:
+            for _ in range(500):
+                a.datagramReceived(packet, ("10.9.9.9", 7911))
+                a.datagramReceived(packet, ("10.9.9.8", 7911))
+            self.clock.advance(UNOPENED_LOG_INTERVAL - 1)
+            a.datagramReceived(packet, ("10.9.9.9", 7911))
+        self.assertEqual(sorted((e["address"], e["count"]) for e in lines(events)),
+                         [("10.9.9.8:7911", 1), ("10.9.9.9:7911", 1)])
+        self.assertEqual(a.dropped["unopened"], 1001)
+        with capturedLogs() as events:
+            self.clock.advance(1)
+            a.datagramReceived(packet, ("10.9.9.9", 7911))
+        self.assertEqual([(e["address"], e["count"]) for e in lines(events)],
+                         [("10.9.9.9:7911", 501)])
+
+    def test_offline_peer_forgotten_after_a_day(self):
+        """Offline for 24 h: out of the table, lists and RPC links; a replay does not revive it."""
+        a, b = self.cluster(2)
+        old = [p for p, source, _ in self.network.captured if source == b.advertised][-1]
+        self.network.remove(b.advertised)
+        self.network.rpc_blocked.add(b.advertised)
+        self.network.run(10)
+        member = a.members[b.node_id]
+        self.assertEqual(member.state, OFFLINE)
+        self.clock.advance(member.state_since + FORGET_AFTER - 1 - self.clock.seconds())
+        self.assertIn(b.node_id, a.members)
+        self.clock.advance(2)
+        self.assertNotIn(b.node_id, a.members)
+        self.assertEqual(a.table(), [])
+        self.assertEqual([m["id"] for m in a._member_list()], [a.node_id])
+        self.assertEqual(a.rpc.forgotten, [b.advertised])
+        a.datagramReceived(old, b.advertised)
+        self.assertNotIn(b.node_id, a.members)
+
+    def test_left_peer_forgotten_and_welcomed_back(self):
+        """Left for 24 h: forgotten; when it starts again it joins like a new node."""
+        a, b = self.cluster(2)
+        b.leave()
+        self.network.flush()
+        self.network.remove(b.advertised)
+        self.assertEqual(a.members[b.node_id].state, LEFT)
+        self.clock.advance(FORGET_AFTER + 1)
+        self.assertEqual(a.members, {})
+        again = self.node(1, seeds=[a.advertised], generation=2, node_id=b.node_id)
+        self.network.run(2)
+        member = a.members[b.node_id]
+        self.assertEqual((member.state, member.generation, member.jmap_url),
+                         (ALIVE, 2, "http://n1"))
+        self.assertIn(a.node_id, again.members)

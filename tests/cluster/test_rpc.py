@@ -35,6 +35,7 @@ from stalwart_tw.cluster.rpc import (
     listen_rpc,
     tls_exporter,
 )
+from stalwart_tw.logs import LOG_INTERVAL, LogThrottle
 from stalwart_tw.cluster.tls import generate_self_signed, rpc_tls
 from tests.support import node_settings
 
@@ -541,12 +542,96 @@ class PeerConnectionsTests(TestCase):
         self.peers.call(PEER, "echo", 2)
         self.assertEqual(len(self.reactor.sslClients), 2)
 
+    def test_forget(self):
+        """forget() drops a peer's link: its calls fail, no redial, the next call dials anew."""
+        call = self.peers.call(PEER, "echo", 1)
+        self.peers.forget(PEER)
+        self.failureResultOf(call, RpcDisconnected)
+        self.assertEqual(self.peers.state(PEER), "idle")
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.sslClients), 1)
+        self.peers.call(PEER, "echo", 2)
+        link = self.accept_last()
+        self.assertEqual(self.peers.state(PEER), "connected")
+        self.peers.forget(PEER)
+        link.pump()
+        self.assertTrue(link.client._closing)
+        self.assertEqual(self.peers.state(PEER), "idle")
+
+    def test_wrong_key_logged_once_per_interval(self):
+        """A peer failing the handshake on every redial is one warning an interval."""
+        for _ in range(3):
+            self.peers.call(PEER, "echo", 1).addErrback(lambda _: None)
+            self.accept_last(server_key=OTHER_KEY)
+            self.reactor.advance(1)
+        ours = [w for w in self.warnings if w.get("host") == PEER[0]]
+        self.assertEqual([w["count"] for w in ours], [1])
+
     def test_close(self):
         """close() fails waiting calls and stops dialling."""
         call = self.peers.call(PEER, "echo", 1)
         self.successResultOf(self.peers.close())
         self.failureResultOf(call, RpcDisconnected)
         self.failureResultOf(self.peers.call(PEER, "echo", 2), RpcDisconnected)
+
+
+class HandshakeLogTests(TestCase):
+    """
+    Failed handshakes are logged once per peer host and interval, counted.
+    """
+
+    def setUp(self):
+        self.warnings = capture_warnings(self)
+        self.clock = Clock()
+        self.factory = RpcServerFactory(rpc_settings(self), KEY, {}, reactor=self.clock,
+                                        binding=lambda t: BINDING)
+
+    def accept(self, port, host="10.0.0.7"):
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_rate_limit_table(self):
+        """The first event and the first after each interval pass; the table stays bounded."""
+        clock = Clock()
+        limit = LogThrottle(clock, interval=60, most=3)
+        self.assertEqual([limit.admit("x") for _ in range(4)], [1, None, None, None])
+        clock.advance(59.9)
+        self.assertIsNone(limit.admit("x"))
+        clock.advance(0.1)
+        self.assertEqual(limit.admit("x"), 5)
+        for address in ("a", "b", "c"):
+            limit.admit(address)
+        self.assertEqual(len(limit._table), 3)
+        self.assertNotIn("x", limit._table)  # logged longest ago: dropped first
+        self.assertEqual(limit.admit("x"), 1)
+
+    def test_failed_handshakes_one_line_per_interval(self):
+        """Twenty bad AUTHs and a timeout from one host: one warning, then one with the count."""
+        for port in range(50000, 50020):
+            protocol, transport = self.accept(port)
+            protocol.dataReceived(encode_frame([HELLO, os.urandom(32)])
+                                  + encode_frame([AUTH, os.urandom(32)]))
+            self.assertTrue(transport.disconnecting)
+        self.accept(50020)
+        self.clock.advance(0.5)
+        self.accept(7911, host="10.0.0.8")[0].dataReceived(encode_frame([REQUEST, 1, "x", 0]))
+        self.assertEqual(sorted((w["host"], w["count"]) for w in self.warnings),
+                         [("10.0.0.7", 1), ("10.0.0.8", 1)])
+        self.clock.advance(LOG_INTERVAL)
+        self.accept(50021)[0].dataReceived(encode_frame([AUTH, os.urandom(32)]))
+        self.assertEqual((self.warnings[-1]["host"], self.warnings[-1]["count"]),
+                         ("10.0.0.7", 21))
+        self.assertEqual(len(self.warnings), 3)
+
+    def test_after_authentication_every_failure_logged(self):
+        """Only handshakes are limited: a bad frame on an authenticated connection is a line."""
+        link = Link(self, clock=self.clock)
+        link.pump()
+        link.client.dataReceived(encode_frame([HELLO, os.urandom(32)]))
+        self.assertEqual(len(self.warnings), 1)
+        self.assertNotIn("count", self.warnings[0])
 
 
 class TlsFilesTests(TestCase):
