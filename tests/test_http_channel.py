@@ -254,3 +254,21 @@ class LoginBeforeBodyTests(ChannelTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
         self.assertEqual(request.body_size, 0)
         self.assertTrue(transport.disconnecting)
+
+
+class DescriptorLimitTests(TestCase):
+    def test_cap_under_the_descriptor_limit(self):
+        """The default cap is the descriptor limit less a reserve, the soft limit raised first."""
+        from stalwart_tw.http import channel
+
+        raised = []
+        self.patch(channel.resource, "getrlimit", lambda kind: (1024, 4096))
+        self.patch(channel.resource, "setrlimit", lambda kind, limits: raised.append(limits))
+        self.assertEqual(channel.default_max_connections(), 4096 - channel.DESCRIPTOR_RESERVE)
+        self.assertEqual(raised, [(4096, 4096)])
+
+        def refused(kind, limits):
+            raise ValueError("not allowed")
+
+        self.patch(channel.resource, "setrlimit", refused)
+        self.assertEqual(channel.default_max_connections(), 1024 - channel.DESCRIPTOR_RESERVE)

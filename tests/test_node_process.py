@@ -184,6 +184,50 @@ class NodeProcessTests(TestCase):
         self.assertNotIn(b"Traceback", child.output)
 
     @defer.inlineCallbacks
+    def test_guessers_throttled_while_the_admin_is_served(self):
+        """
+        Against a real node: 40 concurrent wrong-password requests get 401
+        until rate-limit-auth is used up, then 429 with Retry-After; the
+        admin, logged in before, is answered throughout.
+        """
+        child, transport, ports = yield self.start()
+        url = f"http://127.0.0.1:{ports['JMAP']}/.well-known/jmap"
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        admin = basic("admin", "the-process-secret")
+        response = yield http.get(url, headers=admin)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+
+        @defer.inlineCallbacks
+        def guess(number):
+            answer = yield http.get(url, headers=basic("admin", f"guess-{number}"))
+            yield answer.content()
+            return answer.code, answer.headers.getRawHeaders(b"Retry-After")
+
+        @defer.inlineCallbacks
+        def admin_meanwhile():
+            codes = []
+            for _ in range(5):
+                answer = yield http.get(url, headers=admin)
+                yield answer.content()
+                codes.append(answer.code)
+            return codes
+
+        guesses = defer.gatherResults([guess(number) for number in range(40)])
+        served = yield admin_meanwhile()
+        answers = yield guesses
+        self.assertEqual(served, [200] * 5)
+        codes = [code for code, _ in answers]
+        self.assertEqual(set(codes) - {401, 429, 503}, set())
+        self.assertGreaterEqual(codes.count(429), 20)
+        self.assertLessEqual(codes.count(401), 10)
+        self.assertTrue(all(retry for code, retry in answers if code == 429))
+        self.assertIn(b"failed login for 'admin'", child.output)
+        self.assertNotIn(b"guess-", child.output)
+        transport.signalProcess("TERM")
+        self.assertEqual((yield child.ended), 0)
+
+    @defer.inlineCallbacks
     def test_admin_shell_over_telnet(self):
         """The admin shell asks for the password, then runs helpers against the node."""
         child, transport, ports = yield self.start()
