@@ -68,11 +68,47 @@ class HeaderDeadlineTests(ChannelTestCase):
         self.assertEqual(self.status(transport), b"HTTP/1.1 200 OK")
         self.assertFalse(transport.disconnecting)
         transport.clear()
-        self.clock.advance(9.9)
+        self.clock.advance(5)
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\n")
+        self.clock.advance(4.9)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(0.2)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.status(transport), b"HTTP/1.1 408 Request Timeout")
+
+    def test_idle_connection_closed_silently(self):
+        """A kept-alive connection with no request begun just closes at the deadline: no 408."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /jmap/session HTTP/1.1\r\nHost: mail.example\r\n" + JANE + b"\r\n")
+        transport.clear()
+        self.clock.advance(10.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_pipelined_request_in_progress_not_cut(self):
+        """A pipelined request still being answered past the deadline is not cut off by it."""
+        directory = self.site.check_login.__self__._directory
+        real, pending = directory.authenticate, []
+
+        def slow_second(login, password):
+            if not pending:
+                pending.append(None)
+                return real(login, password)
+            waiting = defer.Deferred()
+            pending.append((waiting, real(login, password)))
+            return waiting
+
+        directory.authenticate = slow_second
+        protocol, transport = self.connect()
+        one = b"GET /jmap/session HTTP/1.1\r\nHost: mail.example\r\n" + JANE + b"\r\n"
+        protocol.dataReceived(one + one)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 1)
+        self.clock.advance(30)
+        self.assertFalse(transport.disconnecting)
+        self.assertNotIn(b"408", transport.value())
+        waiting, outcome = pending[1]
+        outcome.addCallback(waiting.callback)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
 
 
 class ConnectionCapTests(ChannelTestCase):
@@ -245,6 +281,40 @@ class LoginBeforeBodyTests(ChannelTestCase):
         self.assertEqual(request.body_size, len(body))
         self.assertIn(b'"methodResponses":[["Core/echo",{"a":1},"c"]]', transport.value())
 
+    def test_continue_only_after_the_login(self):
+        """Expect: 100-continue is answered only once the credentials have passed; never for a wrong one."""
+        def expecting(credentials):
+            protocol, transport = self.connect()
+            protocol.dataReceived(
+                b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\n" + credentials
+                + b"Content-Type: application/json\r\nContent-Length: 10\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            return transport
+
+        transport = expecting(JANE)
+        self.assertEqual(transport.value(), b"")
+        self.finish_checks()
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        wrong = b"Authorization: Basic " + b64encode(b"jane:not-her-password") + b"\r\n"
+        transport = expecting(wrong)
+        self.finish_checks()
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+
+    def test_no_credentials_body_refused_at_the_headers(self):
+        """A body sent with no credentials is answered 401 at its headers, unread, even past the limit."""
+        protocol, transport = self.post(b"", b"")
+        protocol.dataReceived(b"")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /jmap/ HTTP/1.1\r\nHost: mail.example\r\nContent-Length: 5000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertTrue(transport.disconnecting)
+
     def test_bad_login_body_never_read(self):
         """A wrong password: a 401 with nothing of the body read, and the connection closes."""
         wrong = b"Authorization: Basic " + b64encode(b"jane:not-her-password") + b"\r\n"
@@ -272,3 +342,16 @@ class DescriptorLimitTests(TestCase):
 
         self.patch(channel.resource, "setrlimit", refused)
         self.assertEqual(channel.default_max_connections(), 1024 - channel.DESCRIPTOR_RESERVE)
+
+
+class BehindProxyCapTests(ChannelTestCase):
+    overrides = {"max-connections": "3", "max-connections-per-address": "1",
+                 "use-forwarded-header": "true"}
+
+    def test_only_the_total_counts(self):
+        """Behind a proxy every client comes from its address: only the total cap applies."""
+        for _ in range(3):
+            _, transport = self.connect("10.1.1.1")
+            self.assertFalse(transport.disconnecting)
+        _, refused = self.connect("10.1.1.1")
+        self.assertEqual(self.status(refused), b"HTTP/1.1 503 Service Unavailable")

@@ -120,6 +120,27 @@ class ClientAddressTests(TestCase):
         self.assertEqual(client_address(request, True), "2001:db8::1")
         self.assertEqual(client_address(self.request(), True), "198.51.100.5")
 
+    def test_forwarded_before_x_forwarded_for(self):
+        """Forwarded wins over a client's own X-Forwarded-For; ports go; junk counts as the peer."""
+        request = self.request([(b"X-Forwarded-For", b"192.0.2.66"),
+                                (b"Forwarded", b"for=203.0.113.9:4711")])
+        self.assertEqual(client_address(request, True), "203.0.113.9")
+        request = self.request([(b"X-Forwarded-For", b"192.0.2.1, 203.0.113.8:8080")])
+        self.assertEqual(client_address(request, True), "203.0.113.8")
+        for junk in (b"unknown", b"_hidden", b"a.b.c.d, <script>"):
+            request = self.request([(b"X-Forwarded-For", junk)])
+            self.assertEqual(client_address(request, True), "198.51.100.5", junk)
+
+    def test_table_kept_cheap_when_full(self):
+        """A full table makes room a tenth at a time, so new keys do not each rebuild it."""
+        limit = RateLimit(Rate(5, 60), task.Clock(), max_keys=1000)
+        rebuilds = []
+        real = limit._make_room
+        limit._make_room = lambda: rebuilds.append(1) or real()
+        for number in range(5000):
+            limit.hit(f"key-{number}")
+        self.assertLessEqual(len(rebuilds), 50)
+
 
 class ApiRateLimitTests(TestCase):
     """

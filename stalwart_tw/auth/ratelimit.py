@@ -9,12 +9,16 @@ count per key) and forgotten once over; the table is bounded, so a flood of
 addresses cannot grow it without end. Time comes from an injected clock.
 
 The client address is the TCP peer's; with C{use-forwarded-header} it is
-the right-most address of the last C{X-Forwarded-For} (or C{Forwarded:
-for=}) header: the one the proxy right in front of the server added, which
-the operator trusts by turning the setting on. Addresses further left were
-written by whoever sent the request and prove nothing.
+the right-most address of the last C{Forwarded: for=} header, or without
+one of the last C{X-Forwarded-For}: the one the proxy right in front of
+the server added, which the operator trusts by turning the setting on.
+Addresses further left were written by whoever sent the request and prove
+nothing. A port is dropped; a value that is no IP address counts as none
+(the peer's address is used).
 """
 
+import ipaddress
+import itertools
 import math
 import re
 
@@ -24,7 +28,7 @@ from stalwart_tw.logs import LogThrottle
 # oldest.
 MAX_KEYS = 100_000
 
-_FORWARDED_FOR = re.compile(r'for="?\[?([^\]";,]+)', re.IGNORECASE)
+_FORWARDED_FOR = re.compile(r'for="?(\[[^\]]*\](?::\d+)?|[^";,\s]+)', re.IGNORECASE)
 
 
 class RateLimit:
@@ -85,13 +89,18 @@ class RateLimit:
         return window
 
     def _make_room(self):
+        # Once per tenth of the table, not per new key: windows that are
+        # over go, then, if still full, the oldest tenth (keys are kept in
+        # the order their windows opened).
         now = self._clock.seconds()
         self._windows = {
             key: window for key, window in self._windows.items()
             if now - window[0] < self.rate.seconds
         }
-        while len(self._windows) >= self._max_keys:
-            del self._windows[next(iter(self._windows))]
+        if len(self._windows) >= self._max_keys:
+            drop = max(1, self._max_keys // 10)
+            for key in list(itertools.islice(self._windows, drop)):
+                del self._windows[key]
 
 
 def client_address(request, use_forwarded_header):
@@ -108,18 +117,31 @@ def client_address(request, use_forwarded_header):
 
 
 def _right_most_forwarded(request):
+    # The standard header first: a proxy that writes it may pass a
+    # client's own X-Forwarded-For through untouched.
     headers = request.requestHeaders
-    values = headers.getRawHeaders(b"X-Forwarded-For")
-    if values:
-        entries = [entry.strip() for entry in values[-1].decode("latin-1").split(",")]
-        if entries[-1]:
-            return entries[-1]
     values = headers.getRawHeaders(b"Forwarded")
     if values:
         found = _FORWARDED_FOR.findall(values[-1].decode("latin-1"))
-        if found:
-            return found[-1].strip()
+        return _ip(found[-1]) if found else None
+    values = headers.getRawHeaders(b"X-Forwarded-For")
+    if values:
+        return _ip(values[-1].decode("latin-1").split(",")[-1])
     return None
+
+
+def _ip(text):
+    # An address, its port and brackets dropped; anything else is None (the
+    # peer's address counts then), so no invented text becomes a new key.
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 class FailedLogins:

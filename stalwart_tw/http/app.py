@@ -348,6 +348,7 @@ def make_site(http, settings, reactor=None):
         settings.max_connections or default_max_connections(),
         settings.max_connections_per_address,
         settings.http_header_timeout,
+        behind_proxy=settings.use_forwarded_header,
     )
     return site
 

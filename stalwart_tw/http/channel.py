@@ -10,7 +10,8 @@ larger than the server takes meets before any route runs.
    for ever. Past the deadline the client gets a 408 and the connection
    closes.
  - At most C{max-connections} connections are open at once, and at most
-   C{max-connections-per-address} from one address; one more is answered
+   C{max-connections-per-address} from one address (not counted with
+   C{use-forwarded-header}: then every client shares the proxy's); one more is answered
    with a 503 and closed at once. The total defaults to what the process's
    file-descriptor limit leaves after a reserve for the database, blob
    files and the cluster, so the server refuses politely instead of
@@ -21,6 +22,9 @@ larger than the server takes meets before any route runs.
    them checked (and rate-limited) before any of its body is read, so a
    bogus login never gets a body spooled to disk; a failed one is answered
    at once, the body unread.
+ - A body sent without credentials is refused at its headers (its answer
+   is a 401 whatever it holds). C{100 Continue} goes out only once a body's
+   size and credentials have passed.
  - A body announced (Content-Length) or found (chunked) larger than the
    site's largest limit is refused as soon as that is known: no
    C{100 Continue}, nothing more of it read, the route's C{limit} problem
@@ -89,7 +93,9 @@ class JmapChannel(HTTPChannel):
     def connectionMade(self):
         super().connectionMade()
         limits = self.site.connection_limits
-        address = self._address()
+        # Behind a proxy every client comes from its address: the cap per
+        # address would be one budget for everyone.
+        address = None if limits.behind_proxy else self._address()
         refusal = limits.admit(address)
         if refusal is not None:
             self.transport.write(_raw_problem(503, "Service Unavailable", refusal))
@@ -101,7 +107,8 @@ class JmapChannel(HTTPChannel):
     def connectionLost(self, reason):
         if self._counted:
             self._counted = False
-            self.site.connection_limits.release(self._address())
+            limits = self.site.connection_limits
+            limits.release(None if limits.behind_proxy else self._address())
         self._disarm_header_deadline()
         super().connectionLost(reason)
 
@@ -124,20 +131,38 @@ class JmapChannel(HTTPChannel):
 
     def _headers_too_slow(self):
         self._header_deadline = None
-        self.transport.write(_raw_problem(
-            408, "Request Timeout", "The request's headers did not arrive in time."
-        ))
+        if self._handlingRequest:
+            # A pipelined request is being answered: it is not late.
+            return
+        if self.requests:
+            # A request began and its headers never finished.
+            self.transport.write(_raw_problem(
+                408, "Request Timeout", "The request's headers did not arrive in time."
+            ))
+        # An idle kept-alive connection just closes: a 408 could be read as
+        # the answer to a request the client sends at that moment.
         self.transport.loseConnection()
 
     def allHeadersReceived(self):
         self._disarm_header_deadline()
+        self._continue_wanted = False
         super().allHeadersReceived()
         request = self.requests[-1]
-        if getattr(request, "body_too_large", False) and self._refused is not request:
+        has_body = self.length != 0
+        if getattr(request, "body_too_large", False) or (
+            has_body and getattr(request, "body_discarded", False)
+        ):
+            # Too large, or sent without credentials (a 401 whatever it
+            # holds): answered now, nothing of the body read.
             self.refuse_body(request)
             return
-        if self.length != 0:
-            self._check_login_first(request)
+        if not (has_body and self._check_login_first(request)):
+            self._continue_if_wanted()
+
+    def _continue_if_wanted(self):
+        if self._continue_wanted:
+            self._continue_wanted = False
+            super()._send100Continue()
 
     def _check_login_first(self, request):
         # A body follows: nothing of it is read (nor spooled to disk)
@@ -145,10 +170,11 @@ class JmapChannel(HTTPChannel):
         check = getattr(self.site, "check_login", None)
         checking = None if check is None else check(request)
         if checking is None:
-            return
+            return False
         self.paused = True
         self.transport.pauseProducing()
         checking.addBoth(self._login_checked, request)
+        return True
 
     def _login_checked(self, outcome, request):
         if request not in self.requests or getattr(request, "channel", None) is not self:
@@ -157,17 +183,25 @@ class JmapChannel(HTTPChannel):
         if isinstance(outcome, Failure) or outcome is None:
             # A failed login or a limit: answered now, the body unread.
             self.refuse_body(request)
+        else:
+            # Only now may the client send the body it asked leave for.
+            self._continue_if_wanted()
         self.paused = False
         transport = self.transport
         if transport is not None and transport.connected and not transport.disconnecting:
-            transport.resumeProducing()
+            if not self._waitingForTransport:
+                # Else the client is not reading its answers: Twisted's own
+                # back-pressure resumes reading once it does.
+                transport.resumeProducing()
             if not self._busyReceiving:
                 self.dataReceived(b"")
 
+    # Whether the client asked to be told to send its body (Expect:
+    # 100-continue): told once its size and credentials pass.
+    _continue_wanted = False
+
     def _send100Continue(self):
-        # No "go on" for a body that will be refused anyway.
-        if not getattr(self.requests[-1], "body_too_large", False):
-            super()._send100Continue()
+        self._continue_wanted = True
 
     def refuse_body(self, request):
         """
@@ -190,6 +224,11 @@ class JmapChannel(HTTPChannel):
         super().allContentReceived()
 
     def _respondToBadRequestAndDisconnect(self):
+        if self._refused is not None:
+            # The request was answered (or is being) already; what the
+            # client sends after it is not read.
+            self.loseConnection()
+            return
         # Broken framing (two Content-Lengths, a negative one, both it and
         # Transfer-Encoding, a bad chunk, a header Twisted refuses): Twisted
         # answers an empty 400; a web client gets a document it can read.
@@ -208,7 +247,12 @@ class JmapChannel(HTTPChannel):
         if self._read_closed and not self._handlingRequest:
             # Every request the client sent before closing is answered.
             self.transport.loseConnection()
-        elif self.persistent and self.transport is not None and self.transport.connected:
+        elif (
+            self.persistent and not self._handlingRequest
+            and self.transport is not None and self.transport.connected
+        ):
+            # Waiting for the next request (a pipelined one already being
+            # handled has its headers).
             self._arm_header_deadline()
 
     # IHalfCloseableProtocol
@@ -235,10 +279,12 @@ class ConnectionLimits:
         deadline).
     """
 
-    def __init__(self, total, per_address, header_timeout):
+    def __init__(self, total, per_address, header_timeout, behind_proxy=False):
         self.total = total
         self.per_address = per_address
         self.header_timeout = header_timeout
+        # With use-forwarded-header only the total counts.
+        self.behind_proxy = behind_proxy
         self.open = 0
         # address -> open connections from it
         self.by_address = {}
@@ -251,10 +297,11 @@ class ConnectionLimits:
         """
         if self.open >= self.total:
             return "The server has as many connections open as it takes; try again shortly."
-        if self.by_address.get(address, 0) >= self.per_address:
+        if address is not None and self.by_address.get(address, 0) >= self.per_address:
             return "Too many connections from this address are open."
         self.open += 1
-        self.by_address[address] = self.by_address.get(address, 0) + 1
+        if address is not None:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
         return None
 
     def release(self, address):
@@ -262,6 +309,8 @@ class ConnectionLimits:
         A counted connection closed.
         """
         self.open -= 1
+        if address is None:
+            return
         remaining = self.by_address.get(address, 1) - 1
         if remaining:
             self.by_address[address] = remaining
