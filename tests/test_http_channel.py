@@ -315,6 +315,21 @@ class LoginBeforeBodyTests(ChannelTestCase):
         self.assertNotIn(b"100 Continue", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_throttled_before_the_body(self):
+        """Past the failed-login limit, a body's login is refused 429 at its headers, the body unread."""
+        from stalwart_tw.http.app import THROTTLE_DELAY
+
+        wrong = b"Authorization: Basic " + b64encode(b"jane:not-her-password") + b"\r\n"
+        for _ in range(10):
+            self.post(wrong, b"{}")
+            self.finish_checks()
+        protocol, transport = self.post(JANE, b"x" * 500)
+        request = protocol.requests[-1]
+        self.clock.advance(THROTTLE_DELAY)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 429"), transport.value()[:40])
+        self.assertEqual(request.body_size, 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_bad_login_body_never_read(self):
         """A wrong password: a 401 with nothing of the body read, and the connection closes."""
         wrong = b"Authorization: Basic " + b64encode(b"jane:not-her-password") + b"\r\n"

@@ -543,16 +543,15 @@ class JmapHttp:
         if self._directory.recently_verified(*credentials) is not None:
             return None
         checking = ensureDeferred(self._check_login(request, credentials))
-        # The route awaits the outcome too, and observes a failure there;
-        # the channel hears None (refuse the body) for a failure.
+        # The route takes the outcome too: (principal or None) or the
+        # failure, never as an errback that a client who left would leave
+        # unhandled (and logged). The channel hears None for a failure.
         outcome = Deferred()
 
         def forward(result):
-            if isinstance(result, Failure):
-                outcome.errback(result)
-                return None
-            outcome.callback(result)
-            return result
+            # In a list: a Failure given to callback would be an errback.
+            outcome.callback([result])
+            return None if isinstance(result, Failure) else result
 
         request.early_login = outcome
         return checking.addBoth(forward)
@@ -614,7 +613,9 @@ class JmapHttp:
             raise Refused(self._challenge(request))
         if getattr(request, "early_login", None) is not None:
             # Checked when the headers arrived, before the body was read.
-            principal = await request.early_login
+            (principal,) = await request.early_login
+            if isinstance(principal, Failure):
+                principal.raiseException()
         else:
             principal = await self._check_login(request, credentials)
         if principal is None:
