@@ -25,6 +25,7 @@ import os
 import secrets
 import sys
 import time
+from functools import partial
 
 from twisted.application.service import Service
 from twisted.internet import ssl
@@ -189,6 +190,11 @@ def principals_extension(node):
 EXTENSIONS = (core_extension, principals_extension)
 
 
+def _stop_pool(pool):
+    if pool.started:
+        pool.stop()
+
+
 class _Call(Service):
     """
     A part of the tree made of two calls: C{start()} and C{stop()}, each
@@ -247,8 +253,8 @@ class NodeService(SequentialService):
 
     def _build_tree(self):
         for part in (
-            _Call("workers", self.workers.start, self._stop_workers),
-            _Call("hashers", self.hashers.start, self._stop_hashers),
+            _Call("workers", self.workers.start, partial(_stop_pool, self.workers)),
+            _Call("hashers", self.hashers.start, partial(_stop_pool, self.hashers)),
             _Call("store", self.store.open, self.store.close),
             self.node,
             self.blobs,
@@ -256,14 +262,6 @@ class NodeService(SequentialService):
             _Call("ready", self._now_ready, self._not_ready),
         ):
             part.setServiceParent(self)
-
-    def _stop_workers(self):
-        if self.workers.started:
-            self.workers.stop()
-
-    def _stop_hashers(self):
-        if self.hashers.started:
-            self.hashers.stop()
 
     def _ensure_admin(self):
         return self.directory.ensure_admin(self.settings.admin_secret)
@@ -520,9 +518,9 @@ class NodeService(SequentialService):
         # the start in progress or for writes to drain.
         await self._close_ports()
         await super().stopService()
-        self._stopped(None)
+        self._stopped()
 
-    def _stopped(self, _):
+    def _stopped(self):
         self.log.info("node stopped")
         # twistd re-raises SIGTERM once the reactor stops, so the process
         # would report death by signal after a clean stop (and lose buffered

@@ -367,7 +367,8 @@ class HalfClosingClient(Protocol):
         self.transport.loseConnection()
 
     def writeConnectionLost(self):
-        pass
+        # Its own sending side, closed on purpose in connectionMade.
+        self.half_closed = True
 
     def connectionLost(self, reason):
         self.ended.callback(self.received)

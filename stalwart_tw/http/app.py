@@ -557,17 +557,16 @@ class JmapHttp:
         return checking.addBoth(forward)
 
     async def _check_login(self, request, credentials):
-        # Most requests come from a login verified moments ago: no Deferred.
-        principal = self._directory.recently_verified(*credentials)
-        if principal is not None:
-            return principal
+        # A login not verified moments ago (callers ask the cache first).
         address = client_address(request, self._settings.use_forwarded_header)
         login = credentials[0]
         # Before any hashing: a throttled login costs nothing.
-        await self._refuse_if_over(
-            request, self._failed_logins.retry_after(address, login),
-            "Too many failed logins from this address or for this login; try again later.",
-        )
+        wait = self._failed_logins.retry_after(address, login)
+        if wait is not None:
+            await self._throttle(
+                request, wait,
+                "Too many failed logins from this address or for this login; try again later.",
+            )
         try:
             principal = await self._directory.authenticate(*credentials)
         except VerificationsBusy:
@@ -581,9 +580,7 @@ class JmapHttp:
             self._failed_logins.failed(address, login)
         return principal
 
-    async def _refuse_if_over(self, request, wait, detail):
-        if wait is None:
-            return
+    async def _throttle(self, request, wait, detail):
         request.setHeader(b"Retry-After", str(wait).encode("ascii"))
         # A client past a limit waits for its 429: one that asks again the
         # moment it is answered would otherwise keep the reactor busy
@@ -606,24 +603,30 @@ class JmapHttp:
         credentials = parse_basic(request.getHeader(b"Authorization"))
         if credentials is None:
             address = client_address(request, self._settings.use_forwarded_header)
-            await self._refuse_if_over(
-                request, self._anonymous.take(address),
-                "Too many requests without credentials from this address; try again later.",
-            )
+            wait = self._anonymous.take(address)
+            if wait is not None:
+                await self._throttle(
+                    request, wait,
+                    "Too many requests without credentials from this address; try again later.",
+                )
             raise Refused(self._challenge(request))
-        if getattr(request, "early_login", None) is not None:
+        # Most requests come from a login verified moments ago: nothing
+        # to wait for.
+        principal = self._directory.recently_verified(*credentials)
+        if principal is None and getattr(request, "early_login", None) is not None:
             # Checked when the headers arrived, before the body was read.
             (principal,) = await request.early_login
             if isinstance(principal, Failure):
                 principal.raiseException()
-        else:
+        elif principal is None:
             principal = await self._check_login(request, credentials)
         if principal is None:
             raise Refused(self._challenge(request))
-        await self._refuse_if_over(
-            request, self._authenticated.take(principal.id),
-            "Too many requests for this account; try again later.",
-        )
+        wait = self._authenticated.take(principal.id)
+        if wait is not None:
+            await self._throttle(
+                request, wait, "Too many requests for this account; try again later."
+            )
         return principal
 
     async def _blob_caller(self, request, account):
