@@ -184,10 +184,19 @@ def principals_extension(node):
     return PrincipalsExtension(node.directory, node.store, node.writer, node.settings)
 
 
+def mail_extension(node):
+    """
+    @return: the mail capability (RFC 8621) of a L{NodeService}'s JMAP server.
+    """
+    from stalwart_tw.mail.extension import MailExtension
+
+    return MailExtension(node.store, node.writer, node.settings)
+
+
 # What the JMAP server of a node is made of, in Session order: each is
 # called with the NodeService (its store, writer, directory, settings...)
 # and returns an Extension.
-EXTENSIONS = (core_extension, principals_extension)
+EXTENSIONS = (core_extension, principals_extension, mail_extension)
 
 
 def _stop_pool(pool):

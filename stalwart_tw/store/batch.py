@@ -478,8 +478,14 @@ def _log_changes(connection, batch, current):
     result_modseqs, type_states = {}, {}
     for account_id in sorted({change[0] for change in batch.changes}):
         result_modseqs[account_id] = current[account_id] + 1
-    records = []
-    for account_id, type_name, object_id, kind in batch.changes:
+    records, logged = [], set()
+    for change in batch.changes:
+        # The same change noted twice (a mailbox whose counts two messages
+        # of the batch move) is one record.
+        if change in logged:
+            continue
+        logged.add(change)
+        account_id, type_name, object_id, kind = change
         modseq = result_modseqs[account_id]
         records.append(
             {"account_id": account_id, "modseq": modseq, "type_name": type_name,

@@ -64,6 +64,20 @@ class Draft:
         found = self.rows(table_name, **equals)
         return found[0] if found else None
 
+    def next_number(self, sequence):
+        """
+        Take the next number of an C{id_sequences} row (1 for a new one),
+        recording it in the batch: numbers are never handed out twice,
+        even once the object holding the highest is gone.
+        """
+        row = self.first("id_sequences", name=sequence)
+        number = (0 if row is None else row["last_value"]) + 1
+        if row is None:
+            self.batch.insert("id_sequences", name=sequence, last_value=number)
+        else:
+            self.batch.update("id_sequences", {"name": sequence}, last_value=number)
+        return number
+
     def select(self, table_name, condition, predicate):
         """
         The rows of C{table_name} that a test selects.

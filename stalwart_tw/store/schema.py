@@ -157,6 +157,129 @@ blob_temp = Table(
 Index("blob_temp_by_hash", blob_temp.c.blob_hash)
 Index("blob_temp_by_expiry", blob_temp.c.expires_at)
 
+# Mail (RFC 8621). Object ids are integers per account, handed out by
+# id_sequences rows named "<Type>/<account>"; the JMAP ids are encodings of
+# them (stalwart_tw/jmap/ids.py). Dates are seconds since the epoch, UTC.
+
+# Mailboxes: role is lower-case and unique per account when set (checked by
+# the writer: a partial unique index is not portable).
+mailboxes = Table(
+    "mailboxes",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("parent_id", BigInteger, nullable=True),
+    Column("role", String(32), nullable=True),
+    Column("sort_order", BigInteger, nullable=False, default=0),
+)
+Index("mailboxes_by_parent", mailboxes.c.account_id, mailboxes.c.parent_id)
+
+# Who is subscribed to which mailbox: kept per user, since the mailboxes of
+# a shared (group) account are seen by every member (RFC 8621 section 2).
+mailbox_subscriptions = Table(
+    "mailbox_subscriptions",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("mailbox_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("principal_id", BigInteger, primary_key=True, autoincrement=False),
+)
+
+# One row per message. blob_hash names the raw message exactly as received;
+# layout is the msgpack of its MIME structure (mail/mime.py) with byte
+# offsets into that blob, and envelope the msgpack of its convenience
+# headers, so /get never parses a message again. The *_sort columns hold
+# what the RFC 8621 sorts compare, already folded.
+emails = Table(
+    "emails",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("thread_id", BigInteger, nullable=False),
+    Column("blob_hash", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=True),
+    Column("subject_sort", Text, nullable=False, default=""),
+    Column("from_sort", Text, nullable=False, default=""),
+    Column("to_sort", Text, nullable=False, default=""),
+    Column("has_attachment", Boolean, nullable=False, default=False),
+    Column("preview", Text, nullable=False, default=""),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("layout", LargeBinary, nullable=False),
+)
+Index("emails_by_received", emails.c.account_id, emails.c.received_at, emails.c.id)
+Index("emails_by_thread", emails.c.account_id, emails.c.thread_id, emails.c.received_at)
+Index("emails_by_blob", emails.c.blob_hash)
+
+# Which mailboxes hold which message. received_at is the message's, copied
+# here so that the commonest query (a mailbox, newest first) reads one index.
+email_mailboxes = Table(
+    "email_mailboxes",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("mailbox_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("received_at", BigInteger, nullable=False),
+)
+Index(
+    "email_mailboxes_by_date",
+    email_mailboxes.c.account_id,
+    email_mailboxes.c.mailbox_id,
+    email_mailboxes.c.received_at,
+    email_mailboxes.c.email_id,
+)
+Index("email_mailboxes_by_email", email_mailboxes.c.account_id, email_mailboxes.c.email_id)
+
+# Keywords of messages, stored lower-case (RFC 8621 keywords are
+# case-insensitive).
+email_keywords = Table(
+    "email_keywords",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("keyword", String(255), primary_key=True),
+)
+Index(
+    "email_keywords_by_keyword",
+    email_keywords.c.account_id,
+    email_keywords.c.keyword,
+    email_keywords.c.email_id,
+)
+
+# The Message-IDs a message names, for threading: kind "m" for its own
+# Message-ID, "r" for one in In-Reply-To or References.
+email_message_ids = Table(
+    "email_message_ids",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("message_id", String(255), primary_key=True),
+    Column("email_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(1), primary_key=True),
+)
+Index("email_message_ids_by_email", email_message_ids.c.account_id, email_message_ids.c.email_id)
+
+# The text a message is searched by, one row per message, already
+# tokenised by store/fts.py (words folded, with their stems; CJK split),
+# so applying a batch needs no language logic. On SQLite an FTS5 index
+# over this table is kept in step by triggers (store/fts.py).
+email_search = Table(
+    "email_search",
+    metadata,
+    Column("rowid", Integer, primary_key=True, autoincrement=False),
+    Column("account_id", BigInteger, nullable=False),
+    Column("email_id", BigInteger, nullable=False),
+    Column("language", String(8), nullable=False),
+    Column("subject", Text, nullable=False, default=""),
+    Column("from_text", Text, nullable=False, default=""),
+    Column("to_text", Text, nullable=False, default=""),
+    Column("cc_text", Text, nullable=False, default=""),
+    Column("bcc_text", Text, nullable=False, default=""),
+    Column("body", Text, nullable=False, default=""),
+    Column("attachments", Text, nullable=False, default=""),
+)
+Index("email_search_by_email", email_search.c.account_id, email_search.c.email_id, unique=True)
+
 # The Raft log after the snapshot, one row per entry. checksum is the BLAKE3
 # digest of index, term and data (see cluster/log.py), so a corrupt or torn
 # record is found at start-up instead of being replicated.
@@ -183,6 +306,13 @@ raft_state = Table(
 
 __all__ = [
     "DIRECTORY_ACCOUNT",
+    "email_keywords",
+    "email_mailboxes",
+    "email_message_ids",
+    "email_search",
+    "emails",
+    "mailbox_subscriptions",
+    "mailboxes",
     "account_state",
     "blob_temp",
     "blobs",
