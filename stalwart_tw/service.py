@@ -190,7 +190,9 @@ def mail_extension(node):
     """
     from stalwart_tw.mail.extension import MailExtension
 
-    return MailExtension(node.store, node.writer, node.settings)
+    return MailExtension(
+        node.store, node.writer, node.settings, node.blobs, node.blob_access, node.clock
+    )
 
 
 # What the JMAP server of a node is made of, in Session order: each is
@@ -244,6 +246,8 @@ class NodeService(SequentialService):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        # What extensions schedule and date by.
+        self.clock = reactor
         self._extensions = tuple(extensions)
         self.settings = settings
         self.ready = False

@@ -79,3 +79,57 @@ class MailTestCase(NodeServiceMixin, TestCase):
         response = yield self.one("Mailbox/set", {"create": {"k": properties}})
         self.assertIsNone(response["notCreated"], response)
         return response["created"]["k"]["id"]
+
+    @defer.inlineCallbacks
+    def upload(self, data, who=None, account=None):
+        """Upload bytes to an account (jane's); the blob id."""
+        login, password = who or self.as_jane
+        headers = credentials(login, password)
+        headers[b"Content-Type"] = [b"message/rfc822"]
+        response = yield self.http.post(
+            f"{self.base}/jmap/upload/{account or self.account}/", data=data, headers=headers
+        )
+        body = yield response.json()
+        self.assertEqual(response.code, 201, body)
+        return body["blobId"]
+
+    @defer.inlineCallbacks
+    def import_messages(self, raws, mailbox=None, keywords=None, received=None, account=None):
+        """Upload and import messages into a mailbox (the Inbox); their Email ids in order."""
+        account = account or self.account
+        if mailbox is None:
+            found = yield self.one("Mailbox/get", {"accountId": account, "ids": None})
+            mailbox = next(m["id"] for m in found["list"] if m["role"] == "inbox")
+        emails = {}
+        for index, raw in enumerate(raws):
+            item = {"blobId": (yield self.upload(raw, account=account)),
+                    "mailboxIds": {mailbox: True}}
+            if keywords is not None:
+                item["keywords"] = keywords
+            if received is not None:
+                item["receivedAt"] = received[index]
+            emails[f"m{index}"] = item
+        created = {}
+        names = list(emails)
+        for start in range(0, len(names), 5):
+            chunk = {name: emails[name] for name in names[start:start + 5]}
+            response = yield self.one("Email/import", {"accountId": account, "emails": chunk})
+            self.assertIsNone(response.get("notCreated"), response)
+            created.update(response["created"])
+        return [created[name]["id"] for name in names]
+
+
+def message(subject="Hello", sender="Alice <alice@example.com>", to="jane@example.org",
+            body="Hello Jane,\r\nhow are you?\r\n", message_id=None, in_reply_to=None,
+            references=None, date="Tue, 02 Jan 2024 03:04:05 +0100", extra=()):
+    """A plain-text message, CRLF line ends."""
+    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}", f"Date: {date}"]
+    if message_id:
+        lines.append(f"Message-ID: <{message_id}>")
+    if in_reply_to:
+        lines.append(f"In-Reply-To: <{in_reply_to}>")
+    if references:
+        lines.append("References: " + " ".join(f"<{r}>" for r in references))
+    lines += list(extra)
+    lines += ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", "", ""]
+    return "\r\n".join(lines).encode() + body.encode()

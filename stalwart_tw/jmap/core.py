@@ -17,6 +17,8 @@ each account's uploads expire independently. Copying into an account that
 already holds the blob refreshes its expiry, as re-uploading would.
 """
 
+from io import BytesIO
+
 from twisted.internet.defer import ensureDeferred, succeed
 
 from stalwart_tw.inflight import uncancellable
@@ -67,6 +69,15 @@ class CoreExtension(Extension):
         return methods
 
 
+def _visible(connection, holders, account, principal_id, blob_hashes, now):
+    found = held_by(connection, account, principal_id, blob_hashes, now)
+    for holder in holders:
+        if found >= blob_hashes:
+            break
+        found |= holder(connection, account, blob_hashes - found)
+    return found
+
+
 class BlobAccess:
     """
     Which account may use which blob; uploads, downloads and Blob/copy.
@@ -85,6 +96,34 @@ class BlobAccess:
         self._writer = writer
         self._clock = clock
         self._max_blobs = max_blobs
+        self._holders = []
+        self._derivers = []
+
+    def add_holder(self, holder):
+        """
+        Let an extension's data make blobs visible: C{holder(connection,
+        account, blob_hashes)} returns those of C{blob_hashes} that the
+        account's data references (a message's bytes), run on a reader
+        thread alongside the check of uploads.
+        """
+        self._holders.append(holder)
+
+    def add_deriver(self, deriver):
+        """
+        Let an extension serve blob ids of its own that stand for part of
+        another blob (a body part of a message): C{deriver(blob_id)}
+        returns C{None} for an id it does not know, else C{(blob hash,
+        extract)} where C{extract(content) -> bytes or None} (run on a
+        thread) gives the derived blob from the whole one.
+        """
+        self._derivers.append(deriver)
+
+    def _derive(self, blob_id):
+        for deriver in self._derivers:
+            found = deriver(blob_id)
+            if found is not None:
+                return found
+        return None
 
     async def upload(self, account, source, uploader):
         """
@@ -105,11 +144,32 @@ class BlobAccess:
             not hold in the account, or one whose file is gone: all the
             same to the client.
         """
-        if not is_blob_hash(blob_id) or blob_id not in await self.visible(
-            account, principal_id, [blob_id]
-        ):
+        if not is_blob_hash(blob_id):
+            content = await self.read_visible(account, principal_id, blob_id)
+            return BytesIO(content), len(content)
+        if blob_id not in await self.visible(account, principal_id, [blob_id]):
             raise BlobMissing(blob_id)
         return await self._blobs.open(blob_id)
+
+    async def read_visible(self, account, principal_id, blob_id):
+        """
+        @return: the content of a blob (or derived blob) the principal can
+            see in the account, read whole: for what is parsed anyway.
+        @raise BlobMissing: as for L{open_visible}.
+        """
+        derived = None if is_blob_hash(blob_id) else self._derive(blob_id)
+        blob_hash = blob_id if derived is None else derived[0]
+        if not is_blob_hash(blob_hash) or blob_hash not in await self.visible(
+            account, principal_id, [blob_hash]
+        ):
+            raise BlobMissing(blob_id)
+        content = await self._blobs.read(blob_hash)
+        if derived is None:
+            return content
+        extracted = await self._blobs.in_thread(derived[1], content)
+        if extracted is None:
+            raise BlobMissing(blob_id)
+        return extracted
 
     def visible(self, account, principal_id, blob_hashes):
         """
@@ -122,7 +182,8 @@ class BlobAccess:
         if not blob_hashes:
             return succeed(set())
         return self._store.read(
-            held_by, account, principal_id, set(blob_hashes), int(self._clock.seconds())
+            _visible, self._holders, account, principal_id, set(blob_hashes),
+            int(self._clock.seconds()),
         )
 
     async def copy(self, context, arguments):

@@ -100,6 +100,22 @@ class QuerySpec:
     sort_properties: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SortWith:
+    """
+    A sort property whose Comparator carries members of its own (Email's
+    C{hasKeyword} takes C{keyword}): in L{QuerySpec.sort_properties} in
+    place of a key.
+
+    @ivar members: the extra members, each required.
+    @ivar build: C{build(comparator)} -> the key, given the Comparator
+        object; raises L{FilterValueError} for a bad member value.
+    """
+
+    members: frozenset
+    build: object
+
+
 def _values(obj, name):
     value = obj.get(name)
     if value is None:
@@ -261,24 +277,33 @@ def compile_sort(spec, sort_value):
 def _compile_comparator(spec, comparator):
     if not isinstance(comparator, dict):
         raise invalid_arguments(f"a Comparator must be an object, not {comparator!r}")
-    extra = sorted(set(comparator) - COMPARATOR_MEMBERS)
-    if extra:
-        raise invalid_arguments(f"a Comparator has no member {extra[0]!r}")
     name = comparator.get("property")
     if not isinstance(name, str):
         raise invalid_arguments("a Comparator's 'property' must be a string")
+    key = spec.sort_properties.get(name)
+    members = key.members if isinstance(key, SortWith) else frozenset()
+    extra = sorted(set(comparator) - COMPARATOR_MEMBERS - members)
+    if extra:
+        raise invalid_arguments(f"a Comparator has no member {extra[0]!r}")
+    missing = sorted(members - set(comparator))
+    if missing:
+        raise invalid_arguments(f"a Comparator of {name!r} needs {missing[0]!r}")
     ascending = comparator.get("isAscending", True)
     if not isinstance(ascending, bool):
         raise invalid_arguments("a Comparator's 'isAscending' must be a boolean")
     collation = comparator.get("collation", DEFAULT_COLLATION)
     if not isinstance(collation, str):
         raise invalid_arguments("a Comparator's 'collation' must be a string")
-    key = spec.sort_properties.get(name)
     if key is None:
         raise MethodError(UNSUPPORTED_SORT, f"cannot sort by {name!r}")
     collate = COLLATIONS.get(collation)
     if collate is None:
         raise MethodError(UNSUPPORTED_SORT, f"no collation {collation!r}")
+    if isinstance(key, SortWith):
+        try:
+            key = key.build(comparator)
+        except FilterValueError as error:
+            raise invalid_arguments(f"a Comparator of {name!r}: {error}") from None
     return _Comparator(key, ascending, collate)
 
 
@@ -354,6 +379,20 @@ class QueryEngine(ABC):
             type's modseq as of the results (or older: the client then
             catches up later).
         """
+
+    async def related_changes(self, context, account, compiled, extra, changed, since):
+        """
+        For /queryChanges: the ids whose place in the results may have
+        moved, given the objects that changed. Most types answer exactly
+        those; one whose results depend on other objects (Email collapsing
+        threads: a new message displaces its thread's older one) adds the
+        ids that depend on them.
+
+        @param changed: the changed ids, a dict used as an ordered set.
+        @param since: the state (a modseq) the client is at.
+        @return: the ids, a dict used as an ordered set.
+        """
+        return changed
 
 
 class InMemoryQuery(QueryEngine):
@@ -456,8 +495,13 @@ async def standard_query_changes(datatype, query, limits, context, arguments):
     # The results are read before the changes, so that every change they
     # reflect is among the changes: each changed id is then removed and
     # added back exactly where the results have it.
-    modseq, ids = await _results(_engine(datatype, query), context, account, arguments, extra)
+    engine = _engine(datatype, query)
+    compiled = engine.compile(arguments.get("filter"), arguments.get("sort"))
+    modseq, ids = await engine.run(context, account, compiled, extra)
     changed = await _changed_ids(datatype, limits, context, account, since_state, max_changes)
+    changed = await engine.related_changes(
+        context, account, compiled, extra, changed, decode_state(since_state)
+    )
     removed = list(changed)
     cut = ids.index(up_to_id) + 1 if up_to_id in ids else len(ids)
     added = [

@@ -65,6 +65,8 @@ class DataType(ABC):
     @cvar name: the type's name, as in C{"Principal"}: its name in method
         names and in the change log.
     @cvar properties: every property a client may ask for (C{id} included).
+    @cvar default_properties: what a /get without C{properties} returns,
+        or C{None} for every property.
     @cvar server_set: properties the server sets, which a copy does not
         take from its original.
     @cvar arguments: method (C{"get"}, C{"changes"}, C{"set"}, C{"copy"},
@@ -77,8 +79,19 @@ class DataType(ABC):
 
     name = None
     properties = frozenset()
+    default_properties = None
     server_set = frozenset({"id"})
     arguments = {}
+
+    def check_properties(self, properties):
+        """
+        Check the C{properties} argument of a /get.
+
+        @raise MethodError: C{invalidArguments} naming one the type lacks.
+        """
+        unknown = sorted(set(properties) - self.properties)
+        if unknown:
+            raise invalid_arguments(f"{self.name} has no property {unknown[0]!r}")
 
     def state_account(self, account):
         """
@@ -235,9 +248,9 @@ async def standard_get(datatype, max_objects, context, arguments):
     ids = _string_list(arguments, "ids")
     properties = _string_list(arguments, "properties")
     if properties is not None:
-        unknown = sorted(set(properties) - datatype.properties)
-        if unknown:
-            raise invalid_arguments(f"{datatype.name} has no property {unknown[0]!r}")
+        datatype.check_properties(properties)
+    elif datatype.default_properties is not None:
+        properties = list(datatype.default_properties)
     extra = type_arguments(datatype, "get", arguments)
     if ids is not None:
         ids = _unique(ids)
@@ -341,6 +354,8 @@ class SetCall:
     @ivar key: the key, in the client's arguments, of the object being
         built: its creation id, or the id (maybe C{#creationId}) it gave
         for an update or a destroy; what C{prepared} may be keyed by.
+    @ivar copy_of: in a /copy, C{(source account, original)} of the object
+        being created (the original as C{read_drafted} shows it).
     """
 
     context: object
@@ -349,6 +364,7 @@ class SetCall:
     prepared: object = None
     created_ids: dict = field(default_factory=dict)
     key: str = None
+    copy_of: object = None
 
     def resolve_id(self, value):
         """
@@ -405,6 +421,12 @@ class WritableType(DataType):
         @return: the value the build hooks find in C{call.prepared}.
         """
         return None
+
+    def release(self, prepared):
+        """
+        Called once the write is over, committed or not: let go of what
+        C{prepare} held (blobs kept in flight for the batch).
+        """
 
     def modseq_in(self, connection, account):
         """
@@ -535,9 +557,12 @@ async def standard_set(datatype, writer, max_objects, context, arguments):
     prepared = await datatype.prepare(context, account, request, extra)
     call = SetCall(context, account, extra, prepared)
     state_account = datatype.state_account(account)
-    written = await writer.write(
-        state_account, _build_set, datatype, call, request, if_in_state
-    )
+    try:
+        written = await writer.write(
+            state_account, _build_set, datatype, call, request, if_in_state
+        )
+    finally:
+        datatype.release(prepared)
     outcome = written.outcome
     context.created_ids.update(outcome.created_ids)
     new_modseq = written.type_modseq(state_account, datatype.name, outcome.old_modseq)
@@ -659,7 +684,12 @@ async def standard_copy(datatype, writer, max_objects, context, arguments):
     prepared = await datatype.prepare(context, target, SetRequest(creates, {}, []), extra)
     call = SetCall(context, target, extra, prepared)
     state_account = datatype.state_account(target)
-    written = await writer.write(state_account, _build_copy, datatype, call, source, creates, states)
+    try:
+        written = await writer.write(
+            state_account, _build_copy, datatype, call, source, creates, states
+        )
+    finally:
+        datatype.release(prepared)
     outcome = written.outcome
     context.created_ids.update(outcome.created_ids)
     response = {
@@ -729,6 +759,7 @@ def _build_copy(connection, batch, datatype, call, source, creates, states):
             }
             properties.update((name, value) for name, value in given.items() if name != "id")
             call.key = creation_id
+            call.copy_of = (source, original)
             with batch.savepoint():
                 created[creation_id] = datatype.build_create(draft, call, creation_id, properties)
         except SetError as error:

@@ -11,10 +11,15 @@ ready and the check costs nothing.
 from stalwart_tw.jmap.query import standard_query, standard_query_changes
 from stalwart_tw.jmap.server import Extension
 from stalwart_tw.jmap.session import account_number
-from stalwart_tw.jmap.standard import standard_get, standard_set
+from stalwart_tw.jmap.standard import standard_changes, standard_copy, standard_get, standard_set
+from stalwart_tw.mail import mime
+from stalwart_tw.mail.email import EmailType, email_import, email_parse
 from stalwart_tw.mail.mailbox import MailboxQuery, MailboxType, default_mailboxes, mailbox_changes
+from stalwart_tw.mail.query import EmailQuery
+from stalwart_tw.mail.snippet import search_snippets
+from stalwart_tw.mail.thread import ThreadType
 from stalwart_tw.store.draft import Draft
-from stalwart_tw.store.mail_sql import EMAIL, MAILBOX, THREAD
+from stalwart_tw.store.mail_sql import EMAIL, MAILBOX, THREAD, emails_holding
 
 MAIL_CAPABILITY = "urn:ietf:params:jmap:mail"
 
@@ -38,12 +43,19 @@ class MailExtension(Extension):
 
     capability = MAIL_CAPABILITY
 
-    def __init__(self, store, writer, settings):
+    def __init__(self, store, writer, settings, blobs, blob_access, clock):
         self._store = store
         self._writer = writer
         self._settings = settings
+        self.languages = (settings.default_language,)
         self.mailboxes = MailboxType(store, settings)
+        self.emails = EmailType(store, blobs, blob_access, settings, blobs.in_thread, clock)
+        self.threads = ThreadType(store)
+        self.email_query = EmailQuery(store, self.languages, settings.changes_max_results)
         self._ready = set()
+        # Messages make their blobs, and their parts' blobs, downloadable.
+        blob_access.add_holder(emails_holding)
+        blob_access.add_deriver(_body_part)
 
     def session_capability(self, principal):
         settings = self._settings
@@ -87,7 +99,40 @@ class MailExtension(Extension):
             "Mailbox/queryChanges": lambda c, a: standard_query_changes(
                 mailboxes, mailbox_query, settings, c, a),
         }
+        emails, threads, query = self.emails, self.threads, self.email_query
+        handlers.update({
+            "Email/get": lambda c, a: standard_get(emails, settings.max_objects_in_get, c, a),
+            "Email/changes": lambda c, a: standard_changes(
+                emails, settings.changes_max_results, c, a),
+            "Email/set": lambda c, a: standard_set(
+                emails, writer, settings.max_objects_in_set, c, a),
+            "Email/copy": lambda c, a: standard_copy(
+                emails, writer, settings.max_objects_in_set, c, a),
+            "Email/query": lambda c, a: standard_query(emails, query, settings, c, a),
+            "Email/queryChanges": lambda c, a: standard_query_changes(
+                emails, query, settings, c, a),
+            "Email/import": lambda c, a: email_import(emails, writer, c, a),
+            "Email/parse": lambda c, a: email_parse(emails, c, a),
+            "Thread/get": lambda c, a: standard_get(threads, settings.max_objects_in_get, c, a),
+            "Thread/changes": lambda c, a: standard_changes(
+                threads, settings.changes_max_results, c, a),
+            "SearchSnippet/get": lambda c, a: search_snippets(
+                self._store, query, self.languages, settings.max_objects_in_get, c, a),
+        })
         return {name: self._method(handler) for name, handler in handlers.items()}
+
+
+def _body_part(blob_id):
+    # A body part's blob id: the message's hash and the part's number.
+    split = mime.split_part_blob_id(blob_id)
+    if split is None:
+        return None
+    message_hash, part_id = split
+
+    def extract(content):
+        return mime.parse(content).part_content(part_id)
+
+    return message_hash, extract
 
 
 # The types whose states push announces for this capability.

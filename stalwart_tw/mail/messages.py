@@ -17,7 +17,7 @@ Functions take a L{Draft} and read what the batch so far leaves, so many
 changes to one message in one call compose.
 """
 
-from stalwart_tw.jmap.ids import encode_id
+from stalwart_tw.jmap.ids import decode_id, encode_id
 from stalwart_tw.store.mail_sql import EMAIL, MAILBOX, READ_KEYWORDS, THREAD
 
 EMAIL_PREFIX = "e"
@@ -29,6 +29,14 @@ _READ_KEYWORDS = frozenset(READ_KEYWORDS)
 
 def email_id(number):
     return encode_id(EMAIL_PREFIX, number)
+
+
+def email_number(text):
+    return decode_id(EMAIL_PREFIX, text)
+
+
+def thread_number(text):
+    return decode_id(THREAD_PREFIX, text)
 
 
 def mailbox_id(number):
@@ -130,7 +138,8 @@ def destroy_email(draft, account, row):
     """
     number = row["id"]
     mailboxes = mailboxes_of(draft, account, number)
-    for table in ("email_mailboxes", "email_keywords", "email_message_ids", "email_search"):
+    for table in ("email_mailboxes", "email_keywords", "email_message_ids", "email_headers",
+                  "email_search"):
         draft.batch.delete(table, account_id=account, email_id=number)
     draft.batch.delete("emails", account_id=account, id=number)
     draft.batch.release_blob(row["blob_hash"])

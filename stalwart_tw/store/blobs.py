@@ -541,6 +541,22 @@ class BlobStore(Service):
             return fail()
         return self._in_thread(self._read, blob_hash, path)
 
+    def read_now(self, blob_hash):
+        """
+        The content of C{blob_hash}, read at once: for code that already
+        runs on a worker thread (a reader building an Email/get).
+
+        @raise BlobMissing: there is no such blob on this node.
+        """
+        return self._read(blob_hash, self.path_for(blob_hash))
+
+    def in_thread(self, function, *args):
+        """
+        @return: a Deferred of C{function(*args)} run on the blob store's
+            threads: CPU or disk work on blob content.
+        """
+        return self._in_thread(function, *args)
+
     def _read(self, blob_hash, path):
         try:
             with open(path, "rb") as blob_file:

@@ -25,9 +25,12 @@ from twisted.python.threadpool import ThreadPool
 
 from stalwart_tw.inflight import InFlight
 from stalwart_tw.logs import Logger
-from stalwart_tw.store import schema
+from stalwart_tw.store import fts, schema
 from stalwart_tw.store.collation import register as register_collations
 from stalwart_tw.store.errors import StoreError
+
+# Imported for its effect: the full-text index is created with the tables.
+assert fts.FTS_TABLE
 
 DATABASE_FILE = "stalwart.sqlite3"
 APPLIED_INDEX = "applied_index"

@@ -160,3 +160,81 @@ def type_modseqs(connection, account, type_names):
     found = dict.fromkeys(type_names, 0)
     found.update((name, modseq) for name, modseq in rows)
     return found
+
+
+def thread_emails(connection, account, numbers=None):
+    """
+    @param numbers: the thread numbers wanted, or C{None} for all.
+    @return: thread number -> its message numbers, oldest received first
+        (ties by number, so the order is stable).
+    """
+    query = select(_emails.c.thread_id, _emails.c.id).where(_emails.c.account_id == account)
+    if numbers is not None:
+        query = query.where(_emails.c.thread_id.in_(sorted(numbers)))
+    query = query.order_by(_emails.c.thread_id, _emails.c.received_at, _emails.c.id)
+    found = {}
+    for thread, number in connection.execute(query):
+        found.setdefault(thread, []).append(number)
+    return found
+
+
+def email_rows(connection, account, numbers=None):
+    """
+    @param numbers: the message numbers wanted, or C{None} for all.
+    @return: message number -> its C{emails} row (a dict), with
+        C{"mailboxes"} (a sorted list of mailbox numbers) and
+        C{"keywords"} (a sorted list) added.
+    """
+    condition = _emails.c.account_id == account
+    if numbers is not None:
+        condition = condition & _emails.c.id.in_(sorted(numbers))
+    rows = {
+        row.id: {**row._mapping, "mailboxes": [], "keywords": []}
+        for row in connection.execute(select(_emails).where(condition))
+    }
+    if not rows:
+        return rows
+    wanted = sorted(rows)
+    for number, mailbox in connection.execute(
+        select(_members.c.email_id, _members.c.mailbox_id)
+        .where(_members.c.account_id == account, _members.c.email_id.in_(wanted))
+        .order_by(_members.c.email_id, _members.c.mailbox_id)
+    ):
+        rows[number]["mailboxes"].append(mailbox)
+    for number, keyword in connection.execute(
+        select(_keywords.c.email_id, _keywords.c.keyword)
+        .where(_keywords.c.account_id == account, _keywords.c.email_id.in_(wanted))
+        .order_by(_keywords.c.email_id, _keywords.c.keyword)
+    ):
+        rows[number]["keywords"].append(keyword)
+    return rows
+
+
+def account_usage(connection, account):
+    """
+    @return: the bytes of the messages the account holds.
+    """
+    return connection.execute(
+        select(func.coalesce(func.sum(_emails.c.size), 0)).where(_emails.c.account_id == account)
+    ).scalar_one()
+
+
+def principal_quota(connection, principal_id):
+    """
+    @return: the principal's quota in bytes (0: none).
+    """
+    table = schema.principals
+    value = connection.execute(
+        select(table.c.quota).where(table.c.id == principal_id)
+    ).scalar_one_or_none()
+    return value or 0
+
+
+def emails_holding(connection, account, blob_hashes):
+    """
+    @return: which of C{blob_hashes} a message of the account is made of.
+    """
+    query = select(_emails.c.blob_hash).where(
+        (_emails.c.account_id == account) & _emails.c.blob_hash.in_(sorted(blob_hashes))
+    )
+    return set(connection.execute(query).scalars())

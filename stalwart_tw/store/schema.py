@@ -259,6 +259,20 @@ email_message_ids = Table(
 )
 Index("email_message_ids_by_email", email_message_ids.c.account_id, email_message_ids.c.email_id)
 
+# The header fields of each message, for the Email/query "header"
+# condition: the name lower-case, the value as text (decoded, unfolded,
+# case-folded, cut to 1,000 characters).
+email_headers = Table(
+    "email_headers",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(255), nullable=False),
+    Column("value", Text, nullable=False),
+)
+Index("email_headers_by_name", email_headers.c.account_id, email_headers.c.name, email_headers.c.email_id)
+
 # The text a message is searched by, one row per message, already
 # tokenised by store/fts.py (words folded, with their stems; CJK split),
 # so applying a batch needs no language logic. On SQLite an FTS5 index
@@ -306,6 +320,7 @@ raft_state = Table(
 
 __all__ = [
     "DIRECTORY_ACCOUNT",
+    "email_headers",
     "email_keywords",
     "email_mailboxes",
     "email_message_ids",
