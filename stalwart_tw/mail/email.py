@@ -238,7 +238,11 @@ class EmailType(WritableType):
     properties = frozenset({*METADATA, *CONVENIENCE, *BODY})
     default_properties = DEFAULT_GET
     server_set = SERVER_SET
-    arguments = {"get": _body_arguments()}
+    arguments = {
+        "get": _body_arguments(),
+        "query": {"collapseThreads": _boolean},
+        "queryChanges": {"collapseThreads": _boolean},
+    }
 
     def __init__(self, store, blobs, blob_access, settings, in_thread, clock):
         self._store = store

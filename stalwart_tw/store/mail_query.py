@@ -15,7 +15,7 @@ a window function (ROW_NUMBER over the thread), so the database does the
 winnowing, not Python.
 """
 
-from sqlalchemy import and_, exists, func, literal, select, true
+from sqlalchemy import and_, case, exists, func, select, true
 
 from stalwart_tw.store import fts, schema
 from stalwart_tw.store.changes import type_modseq
@@ -131,7 +131,7 @@ def keyword_sort(account, keyword, mode=None):
         the message (or all, or some, of its thread) has the keyword.
     """
     clause = has_keyword(account, keyword) if mode is None else thread_keyword(account, keyword, mode)
-    return func.coalesce(select(literal(1)).where(clause).scalar_subquery(), 0)
+    return case((clause, 1), else_=0)
 
 
 def sort_expression(name):
