@@ -35,10 +35,38 @@ class CountingConnection:
     def __init__(self, connection):
         self._connection = connection
         self.statements = 0
+        self.dialect = connection.dialect
 
     def execute(self, *args, **kwargs):
         self.statements += 1
         return self._connection.execute(*args, **kwargs)
+
+    @property
+    def connection(self):
+        # The driver's connection, for statements run on its cursor.
+        return _CountingDriver(self, self._connection.connection)
+
+
+class _CountingDriver:
+    def __init__(self, counter, driver):
+        self._counter = counter
+        self._driver = driver
+
+    def cursor(self):
+        return _CountingCursor(self._counter, self._driver.cursor())
+
+
+class _CountingCursor:
+    def __init__(self, counter, cursor):
+        self._counter = counter
+        self._cursor = cursor
+
+    def execute(self, *args):
+        self._counter.statements += 1
+        return self._cursor.execute(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
 
 
 class DraftTests(TestCase):

@@ -290,9 +290,9 @@ class MailModelTests(MailTestCase):
         """A keyword change that is not logged as an Email update is caught."""
         original = messages.set_keywords
 
-        def unlogged(draft, account, row, wanted):
+        def unlogged(draft, account, row, wanted, current=None):
             changes = list(draft.batch.changes)
-            changed = original(draft, account, row, wanted)
+            changed = original(draft, account, row, wanted, current)
             draft.batch.changes[:] = changes + [
                 change for change in draft.batch.changes[len(changes):] if change[1] != "Email"]
             return changed

@@ -452,8 +452,10 @@ class EmailType(WritableType):
             raise SetError("invalidProperties", f"{changed[0]!r} cannot change", changed)
         mailboxes, keywords = self._check_metadata(draft, call, patched)
         row = messages.email_row(draft, call.account, email_number(object_id))
-        messages.set_mailboxes(draft, call.account, row, mailboxes)
-        messages.set_keywords(draft, call.account, row, keywords)
+        # current is as the draft stood an instant ago, in this call.
+        messages.set_mailboxes(draft, call.account, row, mailboxes, {
+            mailbox_number(key) for key in current["mailboxIds"]})
+        messages.set_keywords(draft, call.account, row, keywords, set(current["keywords"]))
         return None
 
     def build_destroy(self, draft, call, object_id, current):

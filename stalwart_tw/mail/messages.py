@@ -91,13 +91,15 @@ def touch_counts(draft, account, thread_numbers, mailbox_numbers=()):
         draft.batch.log_change(account, MAILBOX, mailbox_id(number), "updated")
 
 
-def set_mailboxes(draft, account, row, wanted):
+def set_mailboxes(draft, account, row, wanted, current=None):
     """
     Put a message in exactly the mailboxes C{wanted} (numbers).
 
+    @param current: its mailboxes as the caller just read them, if known.
     @return: whether anything changed.
     """
-    current = mailboxes_of(draft, account, row["id"])
+    if current is None:
+        current = mailboxes_of(draft, account, row["id"])
     if current == wanted:
         return False
     for number in sorted(current - wanted):
@@ -112,13 +114,15 @@ def set_mailboxes(draft, account, row, wanted):
     return True
 
 
-def set_keywords(draft, account, row, wanted):
+def set_keywords(draft, account, row, wanted, current=None):
     """
     Give a message exactly the keywords C{wanted} (lower-case).
 
+    @param current: its keywords as the caller just read them, if known.
     @return: whether anything changed.
     """
-    current = keywords_of(draft, account, row["id"])
+    if current is None:
+        current = keywords_of(draft, account, row["id"])
     if current == wanted:
         return False
     for keyword in sorted(current - wanted):

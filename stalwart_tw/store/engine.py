@@ -29,8 +29,8 @@ from stalwart_tw.store import fts, schema
 from stalwart_tw.store.collation import register as register_collations
 from stalwart_tw.store.errors import StoreError
 
-# Imported for its effect: the full-text index is created with the tables.
-assert fts.FTS_TABLE
+# The full-text index is created with the tables (idempotent).
+fts.install(schema.metadata)
 
 DATABASE_FILE = "stalwart.sqlite3"
 APPLIED_INDEX = "applied_index"
