@@ -332,3 +332,123 @@ class EmailCopyTests(MailTestCase):
             "fromAccountId": self.account, "accountId": sales,
             "create": {"c": {"id": email, "mailboxIds": {target: True}, "subject": "new"}}})
         self.assertEqual(response["notCreated"]["c"]["properties"], ["subject"])
+
+
+class EmailCreateTests(MailTestCase):
+    """
+    Email/set create: messages built from JMAP properties (RFC 8621 section 4.6).
+    """
+
+    @defer.inlineCallbacks
+    def test_create_draft(self):
+        """A draft made of headers and a text body is stored as a MIME message with Message-ID and Date."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        response = yield self.one("Email/set", {"create": {"k1": {
+            "mailboxIds": {drafts: True},
+            "keywords": {"$draft": True, "$seen": True},
+            "from": [{"name": "Jane", "email": "jane@example.org"}],
+            "to": [{"name": "John", "email": "john@example.com"}],
+            "subject": "World domination",
+            "receivedAt": "2018-07-10T01:05:08Z",
+            "sentAt": "2018-07-10T11:05:08+10:00",
+            "textBody": [{"partId": "body", "type": "text/plain"}],
+            "bodyValues": {"body": {"value": "I have the most brilliant plan."}},
+        }}})
+        created = response["created"]["k1"]
+        self.assertEqual(set(created), {"id", "blobId", "threadId", "size"})
+        got = (yield self.one("Email/get", {
+            "ids": [created["id"]], "fetchTextBodyValues": True,
+            "properties": ["subject", "from", "to", "sentAt", "messageId", "keywords",
+                           "receivedAt", "bodyValues", "textBody", "size"]}))["list"][0]
+        self.assertEqual(got["subject"], "World domination")
+        self.assertEqual(got["to"], [{"name": "John", "email": "john@example.com"}])
+        self.assertEqual(got["sentAt"], "2018-07-10T11:05:08+10:00")
+        self.assertEqual(len(got["messageId"]), 1)
+        self.assertEqual(got["receivedAt"], "2018-07-10T01:05:08Z")
+        self.assertEqual(got["keywords"], {"$draft": True, "$seen": True})
+        part = got["textBody"][0]["partId"]
+        self.assertEqual(got["bodyValues"][part]["value"].strip(), "I have the most brilliant plan.")
+        self.assertEqual(got["size"], created["size"])
+        # Drafts are neither unread nor counted unread.
+        self.assertEqual((yield self.mailboxes())["Drafts"]["unreadEmails"], 0)
+
+    @defer.inlineCallbacks
+    def test_create_with_attachment(self):
+        """An attachment given by blobId is embedded; the message has an attachment."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        blob = yield self.upload(b"%PDF-1.4 not really a pdf\x00\x01\x02")
+        response = yield self.one("Email/set", {"create": {"k": {
+            "mailboxIds": {drafts: True}, "subject": "Report",
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "bodyValues": {"t": {"value": "See attached."}},
+            "attachments": [{"blobId": blob, "type": "application/pdf", "name": "report.pdf"}],
+        }}})
+        created = response["created"]["k"]
+        got = (yield self.one("Email/get", {"ids": [created["id"]],
+                                            "properties": ["attachments", "hasAttachment"]}))
+        [attachment] = got["list"][0]["attachments"]
+        self.assertTrue(got["list"][0]["hasAttachment"])
+        self.assertEqual((attachment["name"], attachment["type"]), ("report.pdf", "application/pdf"))
+        response, body = yield self.request(
+            "GET", f"/jmap/download/{self.account}/{attachment['blobId']}/r.pdf",
+            headers={b"Authorization": [b"Basic amFuZTpqYW5lLXBhc3N3b3Jk"]})
+        self.assertEqual(body, b"%PDF-1.4 not really a pdf\x00\x01\x02")
+
+    @defer.inlineCallbacks
+    def test_create_errors(self):
+        """Missing blobs, conflicting body properties and bad mailboxes are refused by the RFC's errors."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        text = {"textBody": [{"partId": "t", "type": "text/plain"}],
+                "bodyValues": {"t": {"value": "x"}}}
+        response = yield self.one("Email/set", {"create": {
+            "blob": {"mailboxIds": {drafts: True},
+                     "attachments": [{"blobId": "f" * 64, "type": "image/png"}], **text},
+            "both": {"mailboxIds": {drafts: True}, **text,
+                     "bodyStructure": {"partId": "t", "type": "text/plain"}},
+            "nobox": {"mailboxIds": {}, **text},
+            "headers": {"mailboxIds": {drafts: True}, "headers": [{"name": "X", "value": "y"}]},
+            "id": {"mailboxIds": {drafts: True}, "id": "e1", **text},
+        }})
+        refused = response["notCreated"]
+        self.assertEqual(refused["blob"]["type"], "blobNotFound")
+        self.assertEqual(refused["blob"]["notFound"], ["f" * 64])
+        self.assertEqual(refused["both"]["type"], "invalidProperties")
+        self.assertEqual(refused["nobox"]["properties"], ["mailboxIds"])
+        self.assertEqual(refused["headers"]["type"], "invalidProperties")
+        self.assertEqual(refused["id"]["type"], "invalidProperties")
+        self.assertIsNone(response["created"])
+
+
+class EmailLimitTests(MailTestCase):
+    """
+    mail-max-size and the principal's quota.
+    """
+
+    settings_overrides = {"mail-max-size": "2000"}
+
+    @defer.inlineCallbacks
+    def test_max_size(self):
+        """Creating or importing a message over mail-max-size is tooLarge."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        response = yield self.one("Email/set", {"create": {"k": {
+            "mailboxIds": {drafts: True},
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "bodyValues": {"t": {"value": "x" * 3000}}}}})
+        self.assertEqual(response["notCreated"]["k"]["type"], "tooLarge")
+        blob = yield self.upload(message(body="y" * 3000))
+        response = yield self.one("Email/import", {"emails": {
+            "k": {"blobId": blob, "mailboxIds": {drafts: True}}}})
+        self.assertEqual(response["notCreated"]["k"]["type"], "tooLarge")
+
+    @defer.inlineCallbacks
+    def test_quota(self):
+        """An import that would take the account past its quota is overQuota."""
+        yield self.service.directory.update("jane", quota=1500)
+        raws = [message(body="z" * 600) for _ in range(3)]
+        inbox = (yield self.mailboxes())["Inbox"]["id"]
+        emails = {}
+        for index, raw in enumerate(raws):
+            emails[f"k{index}"] = {"blobId": (yield self.upload(raw)), "mailboxIds": {inbox: True}}
+        response = yield self.one("Email/import", {"emails": emails})
+        self.assertEqual(len(response["created"]), 1)
+        self.assertEqual({e["type"] for e in response["notCreated"].values()}, {"overQuota"})

@@ -323,16 +323,19 @@ class SetError(Exception):
 
     @ivar type: the SetError type (C{invalidProperties}, C{notFound}...).
     @ivar properties: for C{invalidProperties}, the properties at fault.
+    @ivar extra: other members a type's error carries (C{blobNotFound}'s
+        C{notFound}, C{alreadyExists}'s C{existingId}).
     """
 
-    def __init__(self, type, description=None, properties=None):
+    def __init__(self, type, description=None, properties=None, extra=None):
         super().__init__(description or type)
         self.type = type
         self.description = description
         self.properties = properties
+        self.extra = extra or {}
 
     def as_json(self):
-        error = {"type": self.type}
+        error = {"type": self.type, **self.extra}
         if self.description is not None:
             error["description"] = self.description
         if self.properties is not None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import msgpack
+from twisted.internet.defer import ensureDeferred, gatherResults
 from stalwart_tw.jmap.errors import REQUEST_TOO_LARGE, MethodError, invalid_arguments
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import (
@@ -45,6 +46,7 @@ from stalwart_tw.mail.messages import email_id, email_number, mailbox_id, thread
 from stalwart_tw.mail.query import parse_utc_date, utc_date
 from stalwart_tw.store.changes import changes_since, encode_state, type_modseq
 from stalwart_tw.store.draft import Draft
+from stalwart_tw.store.blobs import is_blob_hash
 from stalwart_tw.store.errors import BlobMissing
 from stalwart_tw.store.mail_sql import EMAIL, account_usage, email_rows, principal_quota
 
@@ -340,9 +342,8 @@ class EmailType(WritableType):
             )
         except mime.BuildError as error:
             if error.blob_not_found:
-                set_error = SetError("blobNotFound", error.description)
-                set_error.not_found = list(error.blob_not_found)
-                raise set_error from None
+                raise SetError("blobNotFound", error.description,
+                               extra={"notFound": list(error.blob_not_found)}) from None
             raise SetError("invalidProperties", error.description, error.properties) from None
         self._check_size(len(raw))
         blob_hash, _ = await self._blobs.put(raw)
@@ -422,15 +423,16 @@ class EmailType(WritableType):
         return numbers
 
     def _drafted_usage(self, draft, call):
-        # Bytes the account holds as of the read, plus what this call added.
-        stored = account_usage(draft.connection, call.account)
+        # Bytes the account holds as of the read (read once per build),
+        # plus what this call added.
+        stored = _once(draft, "usage", account_usage, call.account)
         for op in draft.batch.operations_on("emails"):
             if op[0] == "i" and op[2]["account_id"] == call.account:
                 stored += op[2]["size"]
         return stored
 
     def _check_quota(self, draft, call, usage):
-        quota = principal_quota(draft.connection, call.account)
+        quota = _once(draft, "quota", principal_quota, call.account)
         if quota and usage > quota:
             raise SetError("overQuota", f"the account's quota is {quota} bytes")
 
@@ -461,6 +463,15 @@ class EmailType(WritableType):
     def build_destroy(self, draft, call, object_id, current):
         row = messages.email_row(draft, call.account, email_number(object_id))
         messages.destroy_email(draft, call.account, row)
+
+
+def _once(draft, name, read, account):
+    # A value of the stored state, read once per build: the read
+    # transaction does not move while the batch is built.
+    cache = draft.__dict__.setdefault("_mail_once", {})
+    if name not in cache:
+        cache[name] = read(draft.connection, account)
+    return cache[name]
 
 
 def _blob_ids(value):
@@ -498,12 +509,17 @@ async def email_import(emails, writer, context, arguments):
         raise MethodError(REQUEST_TOO_LARGE, f"{len(given)} emails; at most {limit} per import")
     prepared = _Prepared()
     try:
-        for creation_id, item in given.items():
-            try:
-                prepared.messages[creation_id] = await _import_one(emails, context, account, item,
-                                                                   prepared)
-            except SetError as error:
-                prepared.messages[creation_id] = error
+        # One visibility check for every blob, then each message read and
+        # parsed in one go on a worker thread, all at once.
+        named = [item.get("blobId") for item in given.values()]
+        visible = await emails._blob_access.visible(
+            account, context.principal.id, {b for b in named if is_blob_hash(b)})
+        outcomes = await gatherResults([
+            ensureDeferred(_import_one(emails, context, account, item, prepared, visible))
+            for item in given.values()
+        ])
+        for creation_id, outcome in zip(given, outcomes):
+            prepared.messages[creation_id] = outcome
         written = await writer.write(
             account, _build_import, emails, context, account, given, prepared, if_in_state
         )
@@ -523,25 +539,56 @@ async def email_import(emails, writer, context, arguments):
 _IMPORT_MEMBERS = frozenset({"blobId", "mailboxIds", "keywords", "receivedAt"})
 
 
-async def _import_one(emails, context, account, item, prepared):
-    unknown = sorted(set(item) - _IMPORT_MEMBERS)
-    if unknown:
-        raise SetError("invalidProperties", f"an EmailImport has no {unknown[0]!r}", unknown)
-    blob_id = item.get("blobId")
-    if not isinstance(blob_id, str):
-        raise SetError("invalidProperties", "'blobId' must be a blob id", ["blobId"])
+async def _import_one(emails, context, account, item, prepared, visible):
+    """
+    @return: the L{Ingested} message, or the L{SetError} that refuses it.
+    """
     try:
-        raw = await emails._blob_access.read_visible(account, context.principal.id, blob_id)
+        unknown = sorted(set(item) - _IMPORT_MEMBERS)
+        if unknown:
+            raise SetError("invalidProperties", f"an EmailImport has no {unknown[0]!r}", unknown)
+        blob_id = item.get("blobId")
+        if not isinstance(blob_id, str):
+            raise SetError("invalidProperties", "'blobId' must be a blob id", ["blobId"])
+        if blob_id in visible:
+            ingested = await emails._in_thread(_hold_and_ingest, emails, blob_id)
+        else:
+            # A derived blob (a part of another message) becomes a blob of its own.
+            try:
+                raw = await emails._blob_access.read_visible(account, context.principal.id, blob_id)
+            except BlobMissing:
+                raise SetError("blobNotFound", f"no blob {blob_id!r} in this account") from None
+            emails._check_size(len(raw))
+            blob_hash, _ = await emails._blobs.put(raw)
+            prepared.held.append(blob_hash)
+            ingested = await emails._in_thread(
+                ingest, raw, blob_hash, emails._settings.default_language)
+        if isinstance(ingested, SetError):
+            raise ingested
+        prepared.held.append(ingested.blob_hash)
+        if not ingested.header_count:
+            raise SetError("invalidEmail", "the blob is no message: it has no header field")
+        return ingested
+    except SetError as error:
+        return error
+
+
+def _hold_and_ingest(emails, blob_hash):
+    # On a worker thread: keep the upload's file while the batch is built,
+    # read it, parse it. Too large a message is refused before parsing.
+    try:
+        emails._blobs.hold(blob_hash)
     except BlobMissing:
-        raise SetError("blobNotFound", f"no blob {blob_id!r} in this account") from None
-    emails._check_size(len(raw))
-    # Derived blob ids (a part of another message) become blobs of their own.
-    blob_hash, _ = await emails._blobs.put(raw)
-    prepared.held.append(blob_hash)
-    ingested = await emails._in_thread(ingest, raw, blob_hash, emails._settings.default_language)
-    if not ingested.header_count:
-        raise SetError("invalidEmail", "the blob is no message: it has no header field")
-    return ingested
+        return SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
+    try:
+        raw = emails._blobs.read_now(blob_hash)
+        emails._check_size(len(raw))
+    except (BlobMissing, SetError) as error:
+        emails._blobs.release_in_flight(blob_hash)
+        if isinstance(error, SetError):
+            return error
+        return SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
+    return ingest(raw, blob_hash, emails._settings.default_language)
 
 
 def _build_import(connection, batch, emails, context, account, given, prepared, if_in_state):
@@ -564,20 +611,12 @@ def _build_import(connection, batch, emails, context, account, given, prepared, 
                 number, thread = create_email(draft, account, ingested, mailboxes, keywords,
                                               received_at)
         except SetError as error:
-            refused[creation_id] = _set_error_json(error)
+            refused[creation_id] = error.as_json()
         else:
             created[creation_id] = {"id": email_id(number), "blobId": ingested.blob_hash,
                                     "threadId": thread_id(thread), "size": ingested.size}
             created_ids[creation_id] = email_id(number)
     return old_modseq, created, refused, created_ids
-
-
-def _set_error_json(error):
-    found = error.as_json()
-    not_found = getattr(error, "not_found", None)
-    if not_found is not None:
-        found["notFound"] = not_found
-    return found
 
 
 async def email_parse(emails, context, arguments):

@@ -717,12 +717,12 @@ def _parse_date(value):
     month = _MONTHS.get(month[:3].lower())
     if month is None:
         return None
+    digits = len(year)
     year = int(year)
-    if len(str(year)) <= 2 and year < 100 and len(match.group(match.re.groupindex.get("y", 0) or 0)) >= 0:
-        pass
-    if year < 50:
+    # RFC 5322 section 4.3: 00-49 are 2000-2049, other short years 19xx.
+    if digits == 2 and year < 50:
         year += 2000
-    elif year < 1000:
+    elif digits <= 3:
         year += 1900
     if sign:
         offset = int(zh) * 60 + int(zm)
@@ -1569,3 +1569,657 @@ class MessageView:
             "body": "\n".join(body),
             "attachments": " ".join(name for name in names if name),
         }
+
+
+# ---------------------------------------------------------------------------
+# Building messages for Email/set create (RFC 8621 section 4.6)
+
+
+class BuildError(Exception):
+    """
+    The Email given for creation is not acceptable (RFC 8621 4.6).
+
+    @ivar description: what is wrong, for the SetError.
+    @ivar properties: the invalid Email properties.
+    @ivar blob_not_found: blob ids of body parts that do not exist; when
+        not empty the SetError is blobNotFound.
+    """
+
+    def __init__(self, description, properties=(), blob_not_found=()):
+        Exception.__init__(self, description)
+        self.description = description
+        self.properties = list(properties)
+        self.blob_not_found = list(blob_not_found)
+
+
+# Convenience properties in the order their fields are written.
+_ENVELOPE = [
+    ("from", "From", "Addresses"),
+    ("sender", "Sender", "Addresses"),
+    ("replyTo", "Reply-To", "Addresses"),
+    ("to", "To", "Addresses"),
+    ("cc", "Cc", "Addresses"),
+    ("bcc", "Bcc", "Addresses"),
+    ("subject", "Subject", "Text"),
+    ("sentAt", "Date", "Date"),
+    ("messageId", "Message-ID", "MessageIds"),
+    ("inReplyTo", "In-Reply-To", "MessageIds"),
+    ("references", "References", "MessageIds"),
+]
+_BODY_KEYS = ("bodyStructure", "textBody", "htmlBody", "attachments", "bodyValues")
+_PART_KEYS = frozenset([
+    "partId", "blobId", "size", "name", "type", "charset", "disposition",
+    "cid", "language", "location", "subParts", "headers",
+])
+# The header fields that EmailBodyPart properties stand for.
+_PART_PROPERTY_FIELDS = [
+    ("type", ("content-type",)),
+    ("charset", ("content-type",)),
+    ("name", ("content-type", "content-disposition")),
+    ("disposition", ("content-disposition",)),
+    ("cid", ("content-id",)),
+    ("language", ("content-language",)),
+    ("location", ("content-location",)),
+]
+_DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_RFC3339_INPUT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+_PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
+_BAD_RAW = re.compile(r"\r(?!\n)|(?<!\r)\n|\r\n(?![ \t])|\x00")
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def _needs_words(text):
+    return not text.isascii() or "=?" in text or _CONTROL.search(text) is not None
+
+
+def _encoded_words(text):
+    """
+    RFC 2047 B-encoded UTF-8 words of at most 64 characters, no character
+    split between two words.
+    """
+    words = []
+    chunk = bytearray()
+    for char in text:
+        data = char.encode("utf-8", "replace")
+        if len(chunk) + len(data) > 39 and chunk:
+            words.append(bytes(chunk))
+            chunk = bytearray()
+        chunk += data
+    if chunk:
+        words.append(bytes(chunk))
+    return ["=?UTF-8?B?%s?=" % base64.b64encode(word).decode("ascii") for word in words]
+
+
+def _text_out(text):
+    text = text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    if _needs_words(text):
+        return " ".join(_encoded_words(text))
+    return text
+
+
+def _phrase_out(name):
+    if _needs_words(name):
+        return " ".join(_encoded_words(name))
+    if _PLAIN_PHRASE.fullmatch(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _fold(line):
+    """
+    Fold a header line at spaces so that lines stay within 78 characters
+    where a space allows it; unfolding gives the line back unchanged.
+    """
+    if len(line) <= 78:
+        return line
+    first_space = line.find(": ")
+    lines = []
+    rest = line
+    floor = first_space + 2 if first_space >= 0 else 1
+    while len(rest) > 78:
+        cut = rest.rfind(" ", floor, 78)
+        if cut < floor:
+            cut = rest.find(" ", 78)
+        if cut < floor:
+            break
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+        floor = 1
+    lines.append(rest)
+    return "\r\n".join(lines)
+
+
+def _format_date(text, prop):
+    match = _RFC3339_INPUT.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise BuildError("%s is not an RFC 3339 date-time" % (prop,), [prop])
+    year, month, day, hour, minute, second, zone = match.groups()
+    try:
+        moment = datetime.datetime(int(year), int(month), int(day),
+                                   int(hour), int(minute), int(second))
+    except ValueError:
+        raise BuildError("%s is not a valid date-time" % (prop,), [prop])
+    if zone in "Zz":
+        offset = 0
+    else:
+        offset = int(zone[1:3]) * 60 + int(zone[4:6])
+        if int(zone[4:6]) >= 60:
+            raise BuildError("%s has a bad offset" % (prop,), [prop])
+        if zone[0] == "-":
+            offset = -offset
+    return _rfc5322_date(moment, offset)
+
+
+def _rfc5322_date(moment, offset_minutes):
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    return "%s, %02d %s %04d %02d:%02d:%02d %s%02d%02d" % (
+        _DAYS[moment.weekday()], moment.day, _MONTH_NAMES[moment.month - 1], moment.year,
+        moment.hour, moment.minute, moment.second, sign, hours, minutes,
+    )
+
+
+def _mailbox_out(address, prop):
+    if not isinstance(address, dict):
+        raise BuildError("%s holds an address that is not an object" % (prop,), [prop])
+    email = address.get("email")
+    name = address.get("name")
+    if not isinstance(email, str) or (name is not None and not isinstance(name, str)):
+        raise BuildError("%s holds a malformed EmailAddress" % (prop,), [prop])
+    if _CONTROL.search(email) or "<" in email or ">" in email:
+        raise BuildError("%s holds an email with forbidden characters" % (prop,), [prop])
+    if name:
+        return "%s <%s>" % (_phrase_out(name), email)
+    if not email or re.search(r'[\s,;:()"]', email):
+        return "<%s>" % (email,)
+    return email
+
+
+def _string_list(value, prop):
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BuildError("%s must be a list of strings" % (prop,), [prop])
+    return value
+
+
+def _form_out(form, value, prop):
+    """
+    @return: the text after "Name: " for a value in a parsed form, or
+        C{None} when nothing is to be written.
+    """
+    if form == "Text":
+        if not isinstance(value, str):
+            raise BuildError("%s must be a string" % (prop,), [prop])
+        return _text_out(value)
+    if form == "Addresses":
+        if not isinstance(value, list):
+            raise BuildError("%s must be a list of EmailAddress" % (prop,), [prop])
+        return ", ".join(_mailbox_out(address, prop) for address in value)
+    if form == "GroupedAddresses":
+        if not isinstance(value, list):
+            raise BuildError("%s must be a list of EmailAddressGroup" % (prop,), [prop])
+        pieces = []
+        for group in value:
+            if not isinstance(group, dict) or not isinstance(group.get("addresses"), list):
+                raise BuildError("%s holds a malformed EmailAddressGroup" % (prop,), [prop])
+            members = ", ".join(_mailbox_out(address, prop) for address in group["addresses"])
+            name = group.get("name")
+            if name is None:
+                if members:
+                    pieces.append(members)
+            elif isinstance(name, str):
+                pieces.append("%s: %s;" % (_phrase_out(name), members))
+            else:
+                raise BuildError("%s holds a malformed group name" % (prop,), [prop])
+        return ", ".join(pieces)
+    if form == "MessageIds":
+        ids = _string_list(value, prop)
+        for item in ids:
+            if not item or re.search(r"[\s<>()]", item) or _CONTROL.search(item):
+                raise BuildError("%s holds a malformed message id" % (prop,), [prop])
+        return " ".join("<%s>" % (item,) for item in ids) or None
+    if form == "Date":
+        return _format_date(value, prop)
+    urls = _string_list(value, prop)
+    for url in urls:
+        if re.search(r"[\s<>]", url):
+            raise BuildError("%s holds a malformed URL" % (prop,), [prop])
+    return ", ".join("<%s>" % (url,) for url in urls) or None
+
+
+def _header_lines(field, form, is_all, value, prop):
+    """
+    @return: the header lines (no final CRLF) for one header property.
+    """
+    if value is None:
+        return []
+    if is_all:
+        if not isinstance(value, list):
+            raise BuildError("%s must be a list" % (prop,), [prop])
+        values = value
+    else:
+        values = [value]
+    lines = []
+    for item in values:
+        if item is None:
+            continue
+        if form == "Raw":
+            if not isinstance(item, str) or _BAD_RAW.search(item):
+                raise BuildError("%s must be a header value without bare line breaks"
+                                 % (prop,), [prop])
+            lines.append(field + ":" + item)
+            continue
+        text = _form_out(form, item, prop)
+        if text is not None:
+            lines.append(_fold(field + ": " + text))
+    return lines
+
+
+def _header_specs(spec, prop, top_level):
+    """
+    The header:* properties of an Email or EmailBodyPart.
+
+    @return: C{[(property, field, form, all, value)]} and the lower-case
+        field names they set.
+    """
+    specs = []
+    fields = {}
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key.startswith("header:"):
+            continue
+        try:
+            name, form, is_all = parse_header_property(key)
+        except ValueError as error:
+            raise BuildError(str(error), [key])
+        lower = name.lower()
+        if top_level and lower.startswith("content-"):
+            raise BuildError("Content-* header fields belong on body parts", [key])
+        if lower == "content-transfer-encoding":
+            raise BuildError("Content-Transfer-Encoding must not be given", [key])
+        if lower in fields:
+            raise BuildError("header field %s given twice" % (name,), [fields[lower], key])
+        fields[lower] = key
+        specs.append((key, name, form, is_all, value))
+    return specs, fields
+
+
+def _param(name, value, extended):
+    """
+    A Content-Type or Content-Disposition parameter; non-ASCII values in
+    RFC 2231 form (C{extended}) or as an RFC 2047 word (for C{name}).
+    """
+    if value.isascii() and not _CONTROL.search(value):
+        if _TOKEN.fullmatch(value):
+            return "%s=%s" % (name, value)
+        return '%s="%s"' % (name, value.replace("\\", "\\\\").replace('"', '\\"'))
+    if not extended:
+        return '%s="%s"' % (name, " ".join(_encoded_words(value)))
+    encoded = "".join(
+        chr(byte) if byte < 128 and (chr(byte).isalnum() or chr(byte) in "-._~")
+        else "%%%02X" % byte
+        for byte in value.encode("utf-8", "replace")
+    )
+    encoded = "utf-8''" + encoded
+    if len(encoded) <= 60:
+        return "%s*=%s" % (name, encoded)
+    pieces = []
+    while encoded:
+        cut = min(60, len(encoded))
+        # Never split a %XX escape.
+        percent = encoded.rfind("%", max(0, cut - 2), cut)
+        if percent >= 0 and cut < len(encoded):
+            cut = percent
+        pieces.append(encoded[:cut])
+        encoded = encoded[cut:]
+    return "; ".join("%s*%d*=%s" % (name, i, piece) for i, piece in enumerate(pieces))
+
+
+def _crlf_only(data):
+    return data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+
+
+def _longest_line(data):
+    return max(len(line) for line in data.split(b"\n"))
+
+
+def _is_seven_bit(data):
+    return (data.isascii() and b"\x00" not in data and _crlf_only(data)
+            and _longest_line(data) <= 999)
+
+
+def _base64_body(data):
+    return base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+
+
+def _encode_text_value(data):
+    """
+    @param data: UTF-8 text with CRLF line breaks.
+    @return: C{(transfer_encoding, body)}
+    """
+    if _is_seven_bit(data):
+        return "7bit", data
+    high = len(data) - len(data.translate(None, _HIGH_BYTES))
+    if b"\x00" in data or high * 3 > len(data):
+        return "base64", _base64_body(data)
+    quoted = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
+    return "quoted-printable", quoted.replace(b"\n", b"\r\n")
+
+
+def _encode_blob(data, media):
+    if _is_seven_bit(data):
+        return "7bit", data
+    if media.startswith("message/") and b"\x00" not in data and _crlf_only(data) \
+            and _longest_line(data) <= 999:
+        # RFC 2046 5.2.1: no base64 or quoted-printable for message/rfc822.
+        return "8bit", data
+    return "base64", _base64_body(data)
+
+
+class _Builder:
+    """
+    Turns the body properties of an Email given for creation into a tree of
+    nodes ready to be written.
+    """
+
+    def __init__(self, values, blob_content):
+        self._values = values
+        self._blob_content = blob_content
+        self.missing = []
+
+    def part(self, spec, prop, default_disposition=None, forced_type=None):
+        if not isinstance(spec, dict):
+            raise BuildError("%s holds a body part that is not an object" % (prop,), [prop])
+        for key in spec:
+            if key not in _PART_KEYS and not (isinstance(key, str) and key.startswith("header:")):
+                raise BuildError("unknown body part property %r" % (key,), [prop])
+        if spec.get("headers"):
+            raise BuildError("headers must not be given; set header:* properties", [prop])
+        specs, fields = _header_specs(spec, prop, False)
+        for key, names in _PART_PROPERTY_FIELDS:
+            if spec.get(key) is not None:
+                for field in names:
+                    if field in fields:
+                        raise BuildError("%s and %s set the same header field"
+                                         % (key, fields[field]), [prop])
+        for key in ("name", "charset", "disposition", "cid", "location", "partId", "blobId"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                raise BuildError("%s of a body part must be a string" % (key,), [prop])
+        language = spec.get("language")
+        if language is not None:
+            _string_list(language, prop)
+        media = spec.get("type")
+        if media is not None:
+            if not isinstance(media, str) or _media_type(media) is None:
+                raise BuildError("bad type %r" % (media,), [prop])
+            media = _media_type(media)
+        if forced_type is not None and (media or forced_type) != forced_type:
+            raise BuildError("%s must hold a %s part" % (prop, forced_type), [prop])
+        extra = []
+        for key, name, form, is_all, value in specs:
+            extra.extend(_header_lines(name, form, is_all, value, key))
+        explicit_type = None
+        for line in extra:
+            if line.lower().startswith("content-type:"):
+                explicit_type = line
+        node = {"media": media, "params": [], "lines": [], "extra": extra,
+                "explicit_type": explicit_type, "children": None, "content": b"",
+                "encoding": "7bit", "boundary": None}
+        if explicit_type is not None:
+            main, params = _parse_params(_unfold(explicit_type.split(":", 1)[1]))
+            node["media"] = media = _media_type(main) or "text/plain"
+            node["boundary"] = params.get("boundary")
+        sub_parts = spec.get("subParts")
+        if sub_parts is not None:
+            if not isinstance(sub_parts, list):
+                raise BuildError("subParts must be a list", [prop])
+            if spec.get("partId") is not None or spec.get("blobId") is not None:
+                raise BuildError("a multipart has no partId or blobId", [prop])
+            media = media or "multipart/mixed"
+            if not media.startswith("multipart/"):
+                raise BuildError("a part with subParts must be multipart/*", [prop])
+            if explicit_type is not None and not node["boundary"]:
+                raise BuildError("a Content-Type for a multipart needs a boundary", [prop])
+            node["media"] = media
+            node["children"] = [self.part(child, prop) for child in sub_parts]
+        else:
+            self._leaf(spec, prop, node)
+        self._content_lines(spec, node, default_disposition)
+        return node
+
+    def _leaf(self, spec, prop, node):
+        media = node["media"]
+        if media is not None and media.startswith("multipart/"):
+            raise BuildError("a multipart part needs subParts", [prop])
+        part_id = spec.get("partId")
+        blob_id = spec.get("blobId")
+        if part_id is not None and blob_id is not None:
+            raise BuildError("a body part takes a partId or a blobId, not both", [prop])
+        if part_id is not None:
+            if spec.get("charset") is not None or spec.get("size") is not None:
+                raise BuildError("charset and size must be omitted with a partId", [prop])
+            value = self._values.get(part_id)
+            if value is None:
+                raise BuildError("partId %s is not in bodyValues" % (part_id,),
+                                 [prop, "bodyValues"])
+            node["media"] = media or "text/plain"
+            text = re.sub(r"\r\n|\r|\n", "\r\n", value["value"])
+            node["encoding"], node["content"] = _encode_text_value(
+                text.encode("utf-8", "replace"))
+            node["params"].append(("charset", "utf-8"))
+        elif blob_id is not None:
+            content = self._blob_content(blob_id)
+            if content is None:
+                if blob_id not in self.missing:
+                    self.missing.append(blob_id)
+                content = b""
+            content = bytes(content)
+            node["media"] = media = media or "application/octet-stream"
+            charset = spec.get("charset")
+            if charset is None and media.startswith("text/") and not content.isascii():
+                try:
+                    content.decode("utf-8")
+                    charset = "utf-8"
+                except UnicodeDecodeError:
+                    pass
+            if charset is not None:
+                node["params"].append(("charset", charset))
+            node["encoding"], node["content"] = _encode_blob(content, media)
+        else:
+            raise BuildError("a body part needs a partId, a blobId or subParts", [prop])
+
+    def _content_lines(self, spec, node, default_disposition):
+        name = spec.get("name")
+        if name is not None and node["children"] is None:
+            node["params"].append(("name", name))
+        disposition = spec.get("disposition") or default_disposition
+        lines = node["lines"]
+        if disposition is not None:
+            line = "Content-Disposition: " + _WHITE.sub("", disposition).lower()
+            if name is not None:
+                line += "; " + _param("filename", name, True)
+            lines.append(_fold(line))
+        if spec.get("cid") is not None:
+            cid = spec["cid"].strip().strip("<>")
+            lines.append("Content-ID: <%s>" % (_CONTROL.sub("", cid),))
+        if spec.get("language"):
+            lines.append(_fold("Content-Language: " + ", ".join(spec["language"])))
+        if spec.get("location") is not None:
+            lines.append("Content-Location: " + _CONTROL.sub("", spec["location"]))
+
+
+def _new_boundary():
+    return "=_" + secrets.token_hex(12)
+
+
+def _serialize(node, top_lines=()):
+    lines = list(top_lines)
+    if node["children"] is not None:
+        bodies = [_serialize(child) for child in node["children"]]
+        boundary = node["boundary"]
+        if boundary is None:
+            boundary = _new_boundary()
+            while any(("--" + boundary).encode("ascii") in body for body in bodies):
+                boundary = _new_boundary()
+        if node["explicit_type"] is None:
+            lines.append('Content-Type: %s; boundary="%s"' % (node["media"], boundary))
+        delimiter = b"--" + boundary.encode("utf-8")
+        body = b"".join(delimiter + b"\r\n" + child + b"\r\n" for child in bodies)
+        body += delimiter + b"--\r\n"
+    else:
+        if node["explicit_type"] is None:
+            line = "Content-Type: " + node["media"]
+            for key, value in node["params"]:
+                line += "; " + _param(key, value, False)
+            lines.append(_fold(line))
+        if node["encoding"] != "7bit":
+            lines.append("Content-Transfer-Encoding: " + node["encoding"])
+        body = node["content"]
+    lines.extend(node["lines"])
+    lines.extend(node["extra"])
+    head = "".join(line + "\r\n" for line in lines).encode("utf-8", "replace")
+    return head + b"\r\n" + body
+
+
+def _body_values(properties):
+    values = properties.get("bodyValues")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise BuildError("bodyValues must be an object", ["bodyValues"])
+    for key, value in values.items():
+        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+            raise BuildError("bodyValues/%s must hold a string value" % (key,), ["bodyValues"])
+        for flag in ("isEncodingProblem", "isTruncated"):
+            if value.get(flag) not in (None, False):
+                raise BuildError("bodyValues/%s/%s must be false" % (key, flag), ["bodyValues"])
+    return values
+
+
+def _body_tree(properties, builder):
+    """
+    @return: the root node of the body, from bodyStructure or from
+        textBody, htmlBody and attachments.
+    """
+    structure = properties.get("bodyStructure")
+    if structure is not None:
+        given = [key for key in ("textBody", "htmlBody", "attachments")
+                 if properties.get(key) is not None]
+        if given:
+            raise BuildError("bodyStructure excludes textBody, htmlBody and attachments",
+                             ["bodyStructure"] + given)
+        return builder.part(structure, "bodyStructure")
+    bodies = {}
+    for key, media in (("textBody", "text/plain"), ("htmlBody", "text/html")):
+        parts = properties.get(key)
+        if parts is None:
+            continue
+        if not isinstance(parts, list) or len(parts) != 1:
+            raise BuildError("%s must hold exactly one body part" % (key,), [key])
+        if isinstance(parts[0], dict) and parts[0].get("subParts") is not None:
+            raise BuildError("%s must hold a %s part" % (key, media), [key])
+        bodies[key] = builder.part(parts[0], key, forced_type=media)
+    attachments = properties.get("attachments") or []
+    if not isinstance(attachments, list):
+        raise BuildError("attachments must be a list", ["attachments"])
+    html_node = bodies.get("htmlBody")
+    inline, others = [], []
+    for spec in attachments:
+        embedded = (html_node is not None and isinstance(spec, dict)
+                    and spec.get("cid") is not None and spec.get("disposition") != "attachment")
+        node = builder.part(spec, "attachments", "inline" if embedded else "attachment")
+        (inline if embedded else others).append(node)
+
+    def multipart(media, children):
+        return {"media": media, "params": [], "lines": [], "extra": [], "explicit_type": None,
+                "children": children, "content": b"", "encoding": "7bit", "boundary": None}
+
+    if inline:
+        html_node = multipart("multipart/related", [html_node] + inline)
+    text_node = bodies.get("textBody")
+    if text_node is not None and html_node is not None:
+        body = multipart("multipart/alternative", [text_node, html_node])
+    else:
+        body = text_node or html_node
+    if others:
+        return multipart("multipart/mixed", ([body] if body is not None else []) + others)
+    if body is None:
+        body = {"media": "text/plain", "params": [], "lines": [], "extra": [],
+                "explicit_type": None, "children": None, "content": b"",
+                "encoding": "7bit", "boundary": None}
+    return body
+
+
+def build(properties, blob_content, message_id_domain, now):
+    """
+    Write the message of an Email given to Email/set create.
+
+    @param properties: the Email properties given by the client, without
+        mailboxIds, keywords and receivedAt.
+    @param blob_content: C{blob_content(blob_id)} gives the octets of a blob,
+        or C{None} when there is no such blob.
+    @param message_id_domain: the domain of a generated Message-ID.
+    @param now: the Date when C{sentAt} is not given (naive means UTC).
+    @return: the message octets, with CRLF line breaks.
+    @raise BuildError: when RFC 8621 4.6 forbids what was given.
+    """
+    if not isinstance(properties, dict):
+        raise BuildError("an Email must be an object")
+    envelope = {prop for prop, _, _ in _ENVELOPE}
+    for key in properties:
+        if key in envelope or key in _BODY_KEYS or key == "headers":
+            continue
+        if isinstance(key, str) and key.startswith("header:"):
+            continue
+        raise BuildError("property %r cannot be set on creation" % (key,), [key])
+    if properties.get("headers"):
+        raise BuildError("headers must not be given; set header:* properties", ["headers"])
+    specs, fields = _header_specs(properties, "", True)
+    for prop, field, _ in _ENVELOPE:
+        if prop in properties and field.lower() in fields:
+            raise BuildError("%s and %s set the same header field" % (prop, fields[field.lower()]),
+                             [prop, fields[field.lower()]])
+    values = _body_values(properties)
+    builder = _Builder(values, blob_content)
+    root = _body_tree(properties, builder)
+    if builder.missing:
+        raise BuildError("blob not found: " + ", ".join(builder.missing),
+                         blob_not_found=builder.missing)
+    given = {field.lower() for prop, field, _ in _ENVELOPE if properties.get(prop) is not None}
+    given.update(fields)
+    root_fields = set()
+    structure = properties.get("bodyStructure")
+    if isinstance(structure, dict):
+        for key in structure:
+            if isinstance(key, str) and key.startswith("header:"):
+                lower = key[7:].split(":", 1)[0].lower()
+                if lower in given:
+                    raise BuildError("bodyStructure repeats a header field of the Email",
+                                     ["bodyStructure"])
+                root_fields.add(lower)
+
+    lines = []
+    for prop, field, form in _ENVELOPE:
+        value = properties.get(prop)
+        if prop == "messageId" and value == []:
+            value = None
+        if value is None:
+            if field.lower() in fields or field.lower() in root_fields:
+                continue
+            if prop == "sentAt":
+                if now.tzinfo is None:
+                    now = now.replace(tzinfo=datetime.timezone.utc)
+                offset = int(now.utcoffset().total_seconds() // 60)
+                lines.append("Date: " + _rfc5322_date(now, offset))
+            elif prop == "messageId":
+                lines.append("Message-ID: <%s@%s>" % (secrets.token_hex(16), message_id_domain))
+            continue
+        lines.extend(_header_lines(field, form, False, value, prop))
+    for prop, field, form, is_all, value in specs:
+        lines.extend(_header_lines(field, form, is_all, value, prop))
+    if "mime-version" not in fields and "mime-version" not in root_fields:
+        lines.append("MIME-Version: 1.0")
+    return _serialize(root, lines)

@@ -546,9 +546,30 @@ def apply_batch(connection, batch, index):
     return result
 
 
-def _apply_changes(connection, batch, index, current):
-    for op in batch.operations:
+def _run_operations(connection, operations):
+    # Consecutive inserts of one shape into one table go as one
+    # executemany: a message is a score of rows, a batch many messages.
+    pending, shape = [], None
+    for op in operations:
+        if op[0] == INSERT:
+            op_shape = (op[1], tuple(op[2]))
+            if op_shape == shape:
+                pending.append(op[2])
+                continue
+            if pending:
+                connection.execute(_statement(INSERT, shape[0]), pending)
+            pending, shape = [op[2]], op_shape
+            continue
+        if pending:
+            connection.execute(_statement(INSERT, shape[0]), pending)
+            pending, shape = [], None
         _run_operation(connection, op)
+    if pending:
+        connection.execute(_statement(INSERT, shape[0]), pending)
+
+
+def _apply_changes(connection, batch, index, current):
+    _run_operations(connection, batch.operations)
     _apply_blob_references(connection, batch.blob_references)
     modseqs, type_states = _log_changes(connection, batch, current)
     changed = {}

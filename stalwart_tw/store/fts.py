@@ -73,7 +73,7 @@ MAX_QUERY_TERMS = 64
 # Language detection reads this much of subject + body, and trusts a
 # guess only from enough letters (a CJK character counts three) and with
 # enough confidence; otherwise the default language is used.
-DETECT_CHARS = 4096
+DETECT_CHARS = 2048
 MIN_DETECT_LETTERS = 20
 MIN_CONFIDENCE = 0.85
 
@@ -193,8 +193,27 @@ def _units(folded):
             yield "joined", _joined_tokens(word)
 
 
+# ASCII text (most mail) has no CJK, no marks, no accents: one findall
+# gives its words, and only those with a joiner need looking at.
+_ASCII_UNIT = re.compile(f"[a-z0-9]+(?:[{_JOINER_CHARS}][a-z0-9]+)*")
+
+
+def _ascii_tokens(folded):
+    tokens = []
+    append, extend = tokens.append, tokens.extend
+    for word in _ASCII_UNIT.findall(folded):
+        if word.isalnum():
+            if len(word) <= MAX_WORD:
+                append(word)
+        else:
+            extend(_joined_tokens(word))
+    return tokens
+
+
 def _tokens(folded):
     """The index tokens of folded text, in order."""
+    if folded.isascii():
+        return _ascii_tokens(folded)
     tokens = []
     append, extend = tokens.append, tokens.extend
     for found in _UNIT.finditer(folded):
@@ -216,11 +235,12 @@ def _stems(tokens, stemmer):
 
 def _stream(text, stemmer):
     """The token stream of one column (see the module docstring)."""
-    tokens = _tokens(_fold(text))
-    exact = [_strip(token) for token in tokens]
+    folded = _fold(text)
+    tokens = _tokens(folded)
+    exact = tokens if folded.isascii() else [_strip(token) for token in tokens]
     stream = " ".join(exact)
     if stemmer is not None and tokens:
-        stems = _stems(tokens, stemmer)
+        stems = stemmer.stemWords(tokens) if folded.isascii() else _stems(tokens, stemmer)
         if stems != exact:
             stream = f"{stream} {_REGION_SEPARATOR} {' '.join(stems)}"
     return stream
