@@ -16,7 +16,6 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource, server
 
 from stalwart_tw.jmap.session import account_id
-from stalwart_tw.store.batch import WriteBatch
 from tests.support import NodeServiceMixin, node_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,18 +48,45 @@ async function run() {
       .replace("{type}", "text/plain"), {headers: {Authorization: auth}});
   report.downloaded = await download.text();
   report.disposition = download.headers.get("Content-Disposition");
+  const mail = async (calls) => (await (await fetch(session.apiUrl, {
+    method: "POST", headers: {Authorization: auth, "Content-Type": "application/json"},
+    body: JSON.stringify({using: ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"],
+                          methodCalls: calls})})).json()).methodResponses;
+  // The account's mailboxes are made on first use: before listening.
+  const boxes = (await mail([["Mailbox/get", {accountId, ids: null}, "b"]]))[0][1].list;
+  const inbox = boxes.find(box => box.role === "inbox");
   const events = await fetch(session.eventSourceUrl.replace("{types}", "*")
       .replace("{closeafter}", "state").replace("{ping}", "0"),
       {headers: {Authorization: auth}});
   const reader = events.body.getReader();
   const decoder = new TextDecoder();
   let text = decoder.decode((await reader.read()).value);
-  await fetch("/ready", {method: "POST"});
-  for (;;) {
-    const chunk = await reader.read();
-    if (chunk.done) break;
-    text += decoder.decode(chunk.value);
-  }
+  const listening = (async () => {
+    for (;;) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      text += decoder.decode(chunk.value);
+    }
+  })();
+  // Mail arrives (an import), and the page reads its mailbox and the email.
+  const message = "From: Ann <ann@example.com>\\r\\nSubject: Seen in a browser\\r\\n" +
+                  "Message-ID: <browser-1@example.com>\\r\\n\\r\\nHello, browser.\\r\\n";
+  const uploaded = await (await fetch(session.uploadUrl.replace("{accountId}", accountId), {
+    method: "POST", headers: {Authorization: auth, "Content-Type": "message/rfc822"},
+    body: message})).json();
+  await mail([["Email/import", {accountId, emails: {m: {
+    blobId: uploaded.blobId, mailboxIds: {[inbox.id]: true}}}}, "i"]]);
+  const read = await mail([
+    ["Email/query", {accountId, filter: {inMailbox: inbox.id}}, "q"],
+    ["Email/get", {accountId, "#ids": {resultOf: "q", name: "Email/query", path: "/ids"},
+                   properties: ["subject", "from", "bodyValues", "textBody"],
+                   fetchTextBodyValues: true}, "g"],
+    ["Mailbox/get", {accountId, ids: [inbox.id], properties: ["name", "totalEmails"]}, "m"]]);
+  const email = read[1][1].list[0];
+  report.subject = email.subject;
+  report.body = email.bodyValues[email.textBody[0].partId].value;
+  report.inbox = read[2][1].list[0];
+  await listening;
   report.events = text;
 }
 run().catch(error => { report.error = String(error); })
@@ -83,7 +109,6 @@ class PageSite(resource.Resource):
     def __init__(self, page):
         super().__init__()
         self.page = page
-        self.ready = defer.Deferred()
         self.report = defer.Deferred()
 
     def render_GET(self, request):
@@ -91,9 +116,7 @@ class PageSite(resource.Resource):
         return self.page.encode()
 
     def render_POST(self, request):
-        if request.path == b"/ready" and not self.ready.called:
-            self.ready.callback(None)
-        elif request.path == b"/report" and not self.report.called:
+        if request.path == b"/report" and not self.report.called:
             self.report.callback(json.loads(request.content.read()))
         return b""
 
@@ -115,7 +138,7 @@ class BrowserTests(NodeServiceMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_page_uses_the_server(self):
-        """The page reads the Session, echoes, round-trips a blob and hears a state event."""
+        """The page reads the Session, echoes, round-trips a blob, imports and reads mail, and hears its state event."""
         if CHROMIUM is None:
             raise SkipTest("no Chromium here (.ci/run installs Debian's chromium)")
         port = free_port()
@@ -128,8 +151,6 @@ class BrowserTests(NodeServiceMixin, TestCase):
         self.addCleanup(listening.stopListening)
         browser = self.launch(f"http://127.0.0.1:{listening.getHost().port}/")
 
-        yield page.ready
-        yield service.node.commit(WriteBatch().log_change(admin.id, "Email", "m1", "created"))
         report = yield page.report
         yield self.stop(browser)
 
@@ -141,6 +162,11 @@ class BrowserTests(NodeServiceMixin, TestCase):
         self.assertIn("hello.txt", report["disposition"])
         self.assertIn("event: state", report["events"])
         self.assertIn(account_id(admin.id), report["events"])
+        self.assertIn('"Email"', report["events"])
+        self.assertEqual(report["subject"], "Seen in a browser")
+        self.assertEqual(report["body"], "Hello, browser.\n")
+        self.assertEqual(report["inbox"]["name"], "Inbox")
+        self.assertEqual(report["inbox"]["totalEmails"], 1)
 
     def launch(self, url):
         profile = os.path.abspath(self.mktemp())

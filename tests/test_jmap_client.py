@@ -77,3 +77,56 @@ class JmapcTests(NodeServiceMixin, TestCase):
 
         # jmapc blocks; it runs on a thread while the node answers on the reactor.
         return threads.deferToThread(talk).addCallback(check)
+
+    def test_mail(self):
+        """jmapc uploads and imports a message, lists mailboxes, queries the Inbox and reads the email back."""
+        from jmapc import Comparator, EmailQueryFilterCondition, MailboxQueryFilterCondition, Ref
+        from jmapc.methods import (
+            CustomMethod, EmailGet, EmailQuery, MailboxGet, MailboxQuery, ThreadGet,
+        )
+
+        raw = (b"From: Ann <ann@example.com>\r\nTo: admin@example.org\r\n"
+               b"Subject: Hello from jmapc\r\nMessage-ID: <jmapc-1@example.com>\r\n"
+               b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n\r\nThe body of the message.\r\n")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "message.eml")
+        with open(path, "wb") as file:
+            file.write(raw)
+
+        def talk():
+            client = self.client()
+            blob = client.upload_blob(path)
+            inbox = client.request(MailboxQuery(filter=MailboxQueryFilterCondition(role="inbox")))
+            imported = CustomMethod(data={
+                "accountId": client.account_id,
+                "emails": {"m": {"blobId": blob.id, "mailboxIds": {inbox.ids[0]: True}}}})
+            imported.jmap_method = "Email/import"
+            imported.using = {"urn:ietf:params:jmap:mail"}
+            client.request(imported)
+            mailboxes = client.request(MailboxGet(ids=None))
+            results = client.request([
+                EmailQuery(filter=EmailQueryFilterCondition(in_mailbox=inbox.ids[0]),
+                           sort=[Comparator(property="receivedAt", is_ascending=False)],
+                           calculate_total=True),
+                EmailGet(ids=Ref("/ids"), fetch_text_body_values=True),
+                ThreadGet(ids=Ref("/list/*/threadId")),
+            ])
+            client.requests_session.close()
+            return mailboxes, results
+
+        def check(found):
+            mailboxes, results = found
+            names = {mailbox.name: mailbox for mailbox in mailboxes.data}
+            self.assertEqual(names["Inbox"].role, "inbox")
+            self.assertEqual(names["Inbox"].total_emails, 1)
+            query, get, thread = (result.response for result in results)
+            self.assertEqual(getattr(query, "total", None), 1, repr(query))
+            [email] = get.data
+            self.assertEqual(email.subject, "Hello from jmapc")
+            self.assertEqual(email.mail_from[0].email, "ann@example.com")
+            self.assertEqual(email.body_values[email.text_body[0].part_id].value,
+                             "The body of the message.\n")
+            self.assertEqual(thread.data[0].email_ids, [email.id])
+
+        return threads.deferToThread(talk).addCallback(check)

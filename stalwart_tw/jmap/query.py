@@ -67,6 +67,9 @@ QUERY_CHANGES_ARGUMENTS = frozenset(
      "calculateTotal"}
 )
 COMPARATOR_MEMBERS = frozenset({"property", "isAscending", "collation"})
+# Members of /query itself that a widely used client library (jmapc)
+# writes into every Comparator; ignored there, so that it works.
+_LEAKED_MEMBERS = frozenset({"position", "anchorOffset", "calculateTotal"})
 FILTER_OPERATORS = frozenset({"AND", "OR", "NOT"})
 
 # Deep enough for any filter a person builds; a bound so that a hostile one
@@ -282,7 +285,7 @@ def _compile_comparator(spec, comparator):
         raise invalid_arguments("a Comparator's 'property' must be a string")
     key = spec.sort_properties.get(name)
     members = key.members if isinstance(key, SortWith) else frozenset()
-    extra = sorted(set(comparator) - COMPARATOR_MEMBERS - members)
+    extra = sorted(set(comparator) - COMPARATOR_MEMBERS - members - _LEAKED_MEMBERS)
     if extra:
         raise invalid_arguments(f"a Comparator has no member {extra[0]!r}")
     missing = sorted(members - set(comparator))
