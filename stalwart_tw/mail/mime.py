@@ -24,10 +24,16 @@ Choices made where RFC 8621 leaves room (a careful user's expectations):
    C{parse(view.part_content(part_id))}.
  - When a header field is repeated, the MIME facts come from the last one,
    as header:{name} does.
- - Raw header octets that are not UTF-8 are read as Latin-1; NULs are
-   dropped. Body text in an unknown charset is read as UTF-8 with U+FFFD
-   and flagged isEncodingProblem; us-ascii text with 8-bit octets is read as
-   UTF-8, or as Windows-1252 (flagged) when it is not UTF-8.
+ - Raw header octets are read as UTF-8, each octet that is not part of a
+   UTF-8 sequence as Latin-1 (a heuristic RFC 8621 4.1.2.1 allows); NULs
+   are dropped. asText removes only the white space at the start of the
+   value (4.1.2.2), not at its end.
+ - Body text in an unknown charset is read as UTF-8 with U+FFFD and flagged
+   isEncodingProblem; us-ascii text with 8-bit octets is read as UTF-8, or
+   as Windows-1252 (flagged) when it is not UTF-8; ISO-8859-1 is read as
+   Windows-1252. An unknown Content-Transfer-Encoding leaves the octets as
+   they are and flags isEncodingProblem. Quoted-printable loses unencoded
+   trailing white space (RFC 2045 6.7).
  - Encoded words (RFC 2047) are decoded when they stand between white space,
    the ends of the value or other encoded words; adjacent encoded words of
    one charset are joined before decoding, so a character split between
@@ -39,6 +45,12 @@ Choices made where RFC 8621 leaves room (a careful user's expectations):
    "Content-Disposition: inline" (the RFC's SHOULD, nothing more).
  - preview is the first non-empty text part of textBody (HTML converted to
    text), white space collapsed, at most 256 characters.
+ - build() writes UTF-8 text parts as 7bit, quoted-printable or base64;
+   blobs as 7bit when already 7-bit clean with CRLF lines, else base64
+   (message/* as 8bit rather than base64, per RFC 2046 5.2.1); non-ASCII
+   header text as RFC 2047 B words and file names as RFC 2231 parameters.
+   Attachments without a disposition get "attachment", or "inline" when
+   they have a cid and go into a multipart/related with the HTML body.
 """
 
 import base64
@@ -88,18 +100,23 @@ _RECORD_LENGTH = 13
 # Small decoders
 
 
+def _latin1_fallback(error):
+    return error.object[error.start:error.end].decode("latin-1"), error.end
+
+
+codecs.register_error("stalwart-latin1-fallback", _latin1_fallback)
+
+
 def _header_text(data):
     """
-    Decode raw header octets: NULs dropped, UTF-8, else Latin-1.
+    Decode raw header octets: NULs dropped, UTF-8, and each octet that is
+    not part of a UTF-8 sequence as Latin-1.
     """
     if b"\x00" in data:
         data = data.replace(b"\x00", b"")
     if data.isascii():
         return data.decode("ascii")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return data.decode("utf-8", "stalwart-latin1-fallback")
 
 
 def _unfold(value):
@@ -135,10 +152,18 @@ def _b64decode(data):
     return _b64_quantum(stripped)
 
 
+_QP_TRAILING_SPACE = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+_KNOWN_ENCODINGS = frozenset([None, "7bit", "8bit", "binary", "base64", "quoted-printable"])
+
+
 def _transfer_decode(data, encoding):
     if encoding == "base64":
         return _b64decode(data)
     if encoding == "quoted-printable":
+        # RFC 2045 6.7 (3): trailing white space was added in transport.
+        if (b" \n" in data or b"\t\n" in data or b" \r\n" in data or b"\t\r\n" in data
+                or data.endswith((b" ", b"\t"))):
+            data = _QP_TRAILING_SPACE.sub(b"", data)
         return binascii.a2b_qp(data)
     return data
 
@@ -263,51 +288,74 @@ def _word_run(token):
     return words
 
 
-def decode_words(text):
+def _segments(text, anywhere):
+    """
+    Split a header value into C{("w", charset, encoding, text)} encoded
+    words and C{("t", text)} runs. Unless C{anywhere}, words count only
+    where RFC 2047 places them: between white space, the ends of the value
+    or other words.
+    """
+    if anywhere:
+        pos = 0
+        for match in _ENCODED_WORD.finditer(text):
+            if match.start() > pos:
+                yield ("t", text[pos:match.start()])
+            yield ("w",) + match.groups()
+            pos = match.end()
+        if pos < len(text):
+            yield ("t", text[pos:])
+        return
+    for index, piece in enumerate(_SPACE_SPLIT.split(text)):
+        run = _word_run(piece) if index % 2 == 0 and "=?" in piece else None
+        if run is None:
+            yield ("t", piece)
+        else:
+            for word in run:
+                yield ("w",) + word
+
+
+def decode_words(text, anywhere=False):
     """
     Decode the RFC 2047 encoded words of a header value.
 
     Words in unknown charsets stay as they are; white space between two
-    decoded words is dropped.
+    decoded words is dropped; adjacent words of one charset are decoded
+    together.
+
+    @param anywhere: also decode words glued to other text (for parameter
+        values, where encoded words are a common abuse anyway).
     """
     if "=?" not in text:
         return text
     out = []
-    pending = []        # decoded [charset, bytes] of the current run of words
-    pending_space = ""  # white space seen since the last encoded word
-
-    def flush():
-        for charset, data in pending:
-            out.append(_word_text(charset, data))
-        del pending[:]
-
-    for index, piece in enumerate(_SPACE_SPLIT.split(text)):
-        if index % 2:
-            pending_space = piece
-            if not pending:
-                out.append(piece)
-            continue
-        run = _word_run(piece) if "=?" in piece else None
-        if run is not None:
-            run = [(c, e, t) for c, e, t in run]
-            if all(_word_text(c, b"") is not None for c, _, _ in run):
-                for charset, encoding, word in run:
-                    data = _word_bytes(encoding, word)
-                    key = charset.split("*", 1)[0].lower()
-                    if pending and pending[-1][0].split("*", 1)[0].lower() == key:
-                        pending[-1][1] += data
-                    else:
-                        pending.append([charset, bytearray(data)])
+    pending = []        # [charset, bytes] of the current run of decoded words
+    pending_space = ""  # white space seen since the last decoded word
+    for segment in _segments(text, anywhere):
+        if segment[0] == "w":
+            _, charset, encoding, word = segment
+            if _word_text(charset, b"") is not None:
+                data = _word_bytes(encoding, word)
+                key = charset.split("*", 1)[0].lower()
+                if pending and pending[-1][0] == key:
+                    pending[-1][1] += data
+                else:
+                    pending.append([key, bytearray(data)])
                 pending_space = ""
                 continue
+            segment = ("t", "=?%s?%s?%s?=" % (charset, encoding, word))
+        piece = segment[1]
+        if pending and not piece.strip(" \t\r\n"):
+            pending_space += piece
+            continue
+        for charset, data in pending:
+            out.append(_word_text(charset, bytes(data)))
         if pending:
-            flush()
             out.append(pending_space)
-        pending_space = ""
+        pending, pending_space = [], ""
         out.append(piece)
-    if pending:
-        flush()
-        out.append(pending_space)
+    for charset, data in pending:
+        out.append(_word_text(charset, bytes(data)))
+    out.append(pending_space)
     return "".join(out)
 
 
@@ -828,7 +876,8 @@ def _form_value(raw_value, form):
     if form == "Raw":
         return raw_value
     if form == "Text":
-        return _nfc(decode_words(_unfold(raw_value).strip()))
+        # RFC 8621 4.1.2.2: only white space at the start is removed.
+        return _nfc(decode_words(_unfold(raw_value).lstrip(" \t")))
     if form == "Addresses":
         return _parse_addresses(raw_value)
     if form == "GroupedAddresses":
@@ -956,7 +1005,7 @@ def _content_info(raw, fields, default_type):
     if not name:
         name = params.get("name")
     if name:
-        name = _nfc(decode_words(name)) or None
+        name = _nfc(decode_words(name, anywhere=True)) or None
     else:
         name = None
     encoding = value(b"content-transfer-encoding")
@@ -1171,6 +1220,19 @@ def _valid_layout(layout, size):
         return isinstance(layout["pv"], str) and isinstance(layout["ha"], bool)
     except (KeyError, TypeError, IndexError):
         return False
+
+
+def _preview_of(text):
+    """
+    The first L{PREVIEW_CHARS} characters of a text, white space collapsed;
+    only as much of the text is read as that needs.
+    """
+    chunk = 1024
+    while True:
+        collapsed = _WHITE.sub(" ", text[:chunk]).strip()
+        if len(collapsed) > PREVIEW_CHARS or chunk >= len(text):
+            return collapsed[:PREVIEW_CHARS].rstrip()
+        chunk *= 8
 
 
 class MessageView:
@@ -1448,9 +1510,9 @@ class MessageView:
             text = self._text_of(index, limit)[0]
             if media == "text/html":
                 text = html_to_text(text)
-            text = _WHITE.sub(" ", text).strip()
-            if text:
-                return text[:PREVIEW_CHARS].rstrip()
+            preview = _preview_of(text)
+            if preview:
+                return preview
         return ""
 
     # -- contents
@@ -1476,7 +1538,11 @@ class MessageView:
 
     def _text_of(self, index, limit=None):
         data, complete = self._decoded(index, limit)
-        text, problem = _decode_charset(data, self._parts[index][_CHARSET], complete)
+        record = self._parts[index]
+        text, problem = _decode_charset(data, record[_CHARSET], complete)
+        if record[_ENC] not in _KNOWN_ENCODINGS:
+            # Content we could not transfer-decode is shown as it is.
+            problem = True
         text = text.replace("\r\n", "\n")
         if not complete and text.endswith("\r"):
             text = text[:-1]
@@ -1938,7 +2004,10 @@ class _Builder:
                 raise BuildError("unknown body part property %r" % (key,), [prop])
         if spec.get("headers"):
             raise BuildError("headers must not be given; set header:* properties", [prop])
-        specs, fields = _header_specs(spec, prop, False)
+        try:
+            specs, fields = _header_specs(spec, prop, False)
+        except BuildError as error:
+            raise BuildError(error.description, [prop])
         for key, names in _PART_PROPERTY_FIELDS:
             if spec.get(key) is not None:
                 for field in names:
@@ -1956,11 +2025,16 @@ class _Builder:
             if not isinstance(media, str) or _media_type(media) is None:
                 raise BuildError("bad type %r" % (media,), [prop])
             media = _media_type(media)
-        if forced_type is not None and (media or forced_type) != forced_type:
-            raise BuildError("%s must hold a %s part" % (prop, forced_type), [prop])
+        if forced_type is not None:
+            if (media or forced_type) != forced_type:
+                raise BuildError("%s must hold a %s part" % (prop, forced_type), [prop])
+            media = forced_type
         extra = []
         for key, name, form, is_all, value in specs:
-            extra.extend(_header_lines(name, form, is_all, value, key))
+            try:
+                extra.extend(_header_lines(name, form, is_all, value, key))
+            except BuildError as error:
+                raise BuildError(error.description, [prop])
         explicit_type = None
         for line in extra:
             if line.lower().startswith("content-type:"):
