@@ -138,13 +138,7 @@ class Notes(WritableType):
             raise SetError("invalidProperties", "id is set by the server", ["id"])
         # One sequence per account: the batch expects this account's modseq
         # alone, so nothing it reads and changes may be another's.
-        name = f"{NOTE}/{call.account}"
-        sequence = draft.first("id_sequences", name=name)
-        number = (0 if sequence is None else sequence["last_value"]) + 1
-        if sequence is None:
-            draft.batch.insert("id_sequences", name=name, last_value=number)
-        else:
-            draft.batch.update("id_sequences", {"name": name}, last_value=number)
+        number = draft.next_number(f"{NOTE}/{call.account}")
         note_id = f"n{number}"
         title = call.extra.get("titlePrefix", "") + properties["title"]
         draft.batch.insert(

@@ -185,6 +185,13 @@ class EmailSortTests(EmailQueryTestCase):
             "position": 1, "limit": 2, "calculateTotal": True})
         self.assertEqual((response["ids"], response["total"]), ([self.i1, self.b2], 4))
         response = yield self.one("Email/query", {
+            "sort": self.newest_first(), "position": -2, "limit": 1, "collapseThreads": True,
+            "calculateTotal": True})
+        self.assertEqual((response["position"], response["ids"], response["total"]),
+                         (1, [self.i1], 3))
+        response = yield self.one("Email/query", {"position": 9, "limit": 5})
+        self.assertEqual((response["position"], response["ids"]), (9, []))
+        response = yield self.one("Email/query", {
             "sort": self.newest_first(), "anchor": self.h1, "anchorOffset": -1, "limit": 2})
         self.assertEqual(response["ids"], [self.i1, self.h1])
 

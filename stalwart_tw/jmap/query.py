@@ -359,10 +359,52 @@ def _int_argument(arguments, name, default, minimum=None):
     return value
 
 
+@dataclass(frozen=True)
+class Window:
+    """
+    The part of a /query's results the client asked for.
+    """
+
+    position: int
+    anchor: str
+    anchor_offset: int
+    limit: int
+
+    def cut(self, ids):
+        """
+        @return: C{(start, ids of the window)} of the whole results.
+        @raise MethodError: C{anchorNotFound}.
+        """
+        if self.anchor is not None:
+            # With an anchor, position is ignored (RFC 8620 section 5.5).
+            try:
+                start = max(0, ids.index(self.anchor) + self.anchor_offset)
+            except ValueError:
+                raise MethodError(
+                    ANCHOR_NOT_FOUND, f"{self.anchor!r} is not in the results") from None
+        elif self.position < 0:
+            start = max(0, len(ids) + self.position)
+        else:
+            start = self.position
+        return start, ids[start:start + self.limit]
+
+
 class QueryEngine(ABC):
     """
     Evaluates a type's queries.
     """
+
+    async def run_window(self, context, account, compiled, extra, window):
+        """
+        Run a query for one window of its results. This reads them all
+        and cuts; an engine that can count and cut in its database does
+        so (Email's, when no anchor is given).
+
+        @return: C{(modseq, start, ids of the window, total)}.
+        """
+        modseq, ids = await self.run(context, account, compiled, extra)
+        start, cut = window.cut(ids)
+        return modseq, start, cut, len(ids)
 
     @abstractmethod
     def compile(self, filter_value, sort_value):
@@ -423,12 +465,6 @@ def _engine(datatype, query):
     return InMemoryQuery(datatype, query) if isinstance(query, QuerySpec) else query
 
 
-async def _results(engine, context, account, arguments, extra):
-    # The filter and sort are checked before anything is read.
-    compiled = engine.compile(arguments.get("filter"), arguments.get("sort"))
-    return await engine.run(context, account, compiled, extra)
-
-
 async def standard_query(datatype, query, limits, context, arguments):
     """
     The /query method: the ids of the objects matching C{filter}, in
@@ -447,29 +483,22 @@ async def standard_query(datatype, query, limits, context, arguments):
     limit = _int_argument(arguments, "limit", None, minimum=0)
     calculate_total = boolean_argument(arguments, "calculateTotal")
     extra = type_arguments(datatype, "query", arguments)
-    modseq, ids = await _results(_engine(datatype, query), context, account, arguments, extra)
-    if anchor is not None:
-        # With an anchor, position is ignored (RFC 8620 section 5.5).
-        try:
-            start = max(0, ids.index(anchor) + anchor_offset)
-        except ValueError:
-            raise MethodError(ANCHOR_NOT_FOUND, f"{anchor!r} is not in the results") from None
-    elif position < 0:
-        start = max(0, len(ids) + position)
-    else:
-        start = position
     capped = limit is None or limit > limits.query_max_results
     if capped:
         limit = limits.query_max_results
+    engine = _engine(datatype, query)
+    compiled = engine.compile(arguments.get("filter"), arguments.get("sort"))
+    window = Window(position, anchor, anchor_offset, limit)
+    modseq, start, ids, total = await engine.run_window(context, account, compiled, extra, window)
     response = {
         "accountId": account_id(account),
         "queryState": encode_state(modseq),
         "canCalculateChanges": True,
         "position": start,
-        "ids": ids[start:start + limit],
+        "ids": ids,
     }
     if calculate_total:
-        response["total"] = len(ids)
+        response["total"] = total
     if capped:
         response["limit"] = limit
     return response

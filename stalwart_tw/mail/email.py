@@ -37,6 +37,7 @@ from stalwart_tw.jmap.standard import (
     optional_string,
     require_account,
     require_writable,
+    type_arguments,
 )
 from stalwart_tw.mail import messages, mime
 from stalwart_tw.mail.ingest import copy_email, create_email, ingest
@@ -242,6 +243,7 @@ class EmailType(WritableType):
     server_set = SERVER_SET
     arguments = {
         "get": _body_arguments(),
+        "parse": _body_arguments(),
         "query": {"collapseThreads": _boolean},
         "queryChanges": {"collapseThreads": _boolean},
     }
@@ -638,15 +640,7 @@ async def email_parse(emails, context, arguments):
     elif not isinstance(properties, list) or not all(isinstance(p, str) for p in properties):
         raise invalid_arguments("'properties' must be an array of property names")
     emails.check_properties(properties)
-    checks = _body_arguments()
-    extra = {}
-    for name, check in checks.items():
-        if name in arguments:
-            try:
-                extra[name] = check(arguments[name])
-            except ValueError as error:
-                raise invalid_arguments(f"{name!r} {error}") from None
-    options = BodyOptions.of(extra)
+    options = BodyOptions.of(type_arguments(emails, "parse", arguments))
     parsed, not_parsable, not_found = {}, [], []
     for blob_id in dict.fromkeys(blob_ids):
         try:

@@ -255,16 +255,26 @@ class EmailQuery(QueryEngine):
         comparators = compile_sort(self._spec, sort_value)
         return where, comparators, _uses_threads(filter_value, sort_value)
 
-    async def run(self, context, account, compiled, extra):
+    def _sql(self, account, compiled, extra):
         where, comparators, _ = compiled
         sorts = []
         for comparator in comparators:
             expression, folded = comparator.key(account)
             sorts.append((expression, folded, comparator.ascending, comparator.collate))
+        return where(account), sorts, extra.get("collapseThreads", False)
+
+    async def run(self, context, account, compiled, extra):
         modseq, numbers = await self._store.read(
-            sql.query, account, where(account), sorts, extra.get("collapseThreads", False)
-        )
+            sql.query, account, *self._sql(account, compiled, extra))
         return modseq, [email_id(number) for number in numbers]
+
+    async def run_window(self, context, account, compiled, extra, window):
+        if window.anchor is not None:
+            return await super().run_window(context, account, compiled, extra, window)
+        modseq, start, numbers, total = await self._store.read(
+            sql.query_window, account, *self._sql(account, compiled, extra), window.position,
+            window.limit)
+        return modseq, start, [email_id(number) for number in numbers], total
 
     async def related_changes(self, context, account, compiled, extra, changed, since):
         if not (extra.get("collapseThreads") or compiled[2]):

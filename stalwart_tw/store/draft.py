@@ -249,9 +249,9 @@ def _equals_statement(connection, table, equals):
             table.c[name].is_(None) if name in nulls else table.c[name] == bindparam(f"p_{name}")
             for name in names
         ]
-        statement = (
-            sqlalchemy.select(table).where(and_(true(), *conditions)).order_by(*table.primary_key)
-        )
+        # No ORDER BY: it could make the database walk the primary key
+        # rather than the index that finds the few rows; sorted below.
+        statement = sqlalchemy.select(table).where(and_(true(), *conditions))
         compiled = statement.compile(dialect=dialect)
         order = list(compiled.positiontup) if compiled.positional else None
         columns = [column.name for column in table.c]
@@ -287,6 +287,8 @@ def _run_equals(connection, table, equals):
             if values[name] is not None:
                 values[name] = bool(values[name])
         found.append(values)
+    if len(found) > 1:
+        found.sort(key=lambda row: _sort_key(table, row))
     return found
 
 

@@ -15,7 +15,7 @@ a window function (ROW_NUMBER over the thread), so the database does the
 winnowing, not Python.
 """
 
-from sqlalchemy import and_, case, exists, func, select, true
+from sqlalchemy import and_, case, distinct, exists, func, select, true
 
 from stalwart_tw.store import fts, schema
 from stalwart_tw.store.changes import type_modseq
@@ -158,14 +158,7 @@ def _by(pairs):
     return [expression if ascending else expression.desc() for expression, ascending in pairs]
 
 
-def query(connection, account, where, comparators, collapse):
-    """
-    @param where: the filter's clause over C{emails}.
-    @param comparators: C{(expression, folded, ascending, collation key
-        or None)}, most significant first.
-    @param collapse: keep only the first message of each thread.
-    @return: C{(Email modseq, message numbers in order)}.
-    """
+def _statement(account, where, comparators, collapse):
     order = _order(comparators)
     condition = and_(_e.c.account_id == account, where)
     if not collapse:
@@ -178,8 +171,36 @@ def query(connection, account, where, comparators, collapse):
         ).where(condition).subquery()
         keys = [(ranked.c[f"k{index}"], up) for index, (_, up) in enumerate(order)]
         statement = select(ranked.c.number).where(ranked.c.place == 1).order_by(*_by(keys))
+    return statement, condition
+
+
+def query(connection, account, where, comparators, collapse):
+    """
+    @param where: the filter's clause over C{emails}.
+    @param comparators: C{(expression, folded, ascending, collation key
+        or None)}, most significant first.
+    @param collapse: keep only the first message of each thread.
+    @return: C{(Email modseq, message numbers in order)}.
+    """
+    statement, _ = _statement(account, where, comparators, collapse)
     numbers = list(connection.execute(statement).scalars())
     return type_modseq(connection, account, EMAIL), numbers
+
+
+def query_window(connection, account, where, comparators, collapse, position, limit):
+    """
+    As L{query}, for the window of C{limit} results from C{position}
+    (from the end when negative): the database counts and cuts, so a
+    page of a large mailbox reads only that page.
+
+    @return: C{(Email modseq, start, message numbers, total)}.
+    """
+    statement, condition = _statement(account, where, comparators, collapse)
+    counted = func.count(distinct(_e.c.thread_id)) if collapse else func.count()
+    total = connection.execute(select(counted).where(condition)).scalar_one()
+    start = max(0, total + position) if position < 0 else position
+    numbers = list(connection.execute(statement.limit(limit).offset(start)).scalars())
+    return type_modseq(connection, account, EMAIL), start, numbers, total
 
 
 def everything():
