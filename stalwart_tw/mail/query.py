@@ -236,6 +236,13 @@ def _query_changes_related(connection, account, numbers, since, budget):
     return [number for members in found.values() for number in members]
 
 
+def _only_mailbox(filter_value):
+    # The mailbox number of a filter that is one inMailbox condition alone.
+    if isinstance(filter_value, dict) and set(filter_value) == {"inMailbox"}:
+        return decode_id(MAILBOX_PREFIX, filter_value["inMailbox"])
+    return None
+
+
 class EmailQuery(QueryEngine):
     """
     Email/query compiled to SQL.
@@ -253,10 +260,11 @@ class EmailQuery(QueryEngine):
     def compile(self, filter_value, sort_value):
         where = compile_filter(self._spec, filter_value, _Clauses)
         comparators = compile_sort(self._spec, sort_value)
-        return where, comparators, _uses_threads(filter_value, sort_value)
+        return where, comparators, _uses_threads(filter_value, sort_value), _only_mailbox(
+            filter_value)
 
     def _sql(self, account, compiled, extra):
-        where, comparators, _ = compiled
+        where, comparators = compiled[:2]
         sorts = []
         for comparator in comparators:
             expression, folded = comparator.key(account)
@@ -273,7 +281,7 @@ class EmailQuery(QueryEngine):
             return await super().run_window(context, account, compiled, extra, window)
         modseq, start, numbers, total = await self._store.read(
             sql.query_window, account, *self._sql(account, compiled, extra), window.position,
-            window.limit)
+            window.limit, compiled[3])
         return modseq, start, [email_id(number) for number in numbers], total
 
     async def related_changes(self, context, account, compiled, extra, changed, since):

@@ -15,7 +15,7 @@ a window function (ROW_NUMBER over the thread), so the database does the
 winnowing, not Python.
 """
 
-from sqlalchemy import and_, case, distinct, exists, func, select, true
+from sqlalchemy import Text, and_, case, distinct, exists, func, select, true
 
 from stalwart_tw.store import fts, schema
 from stalwart_tw.store.changes import type_modseq
@@ -143,15 +143,23 @@ def sort_expression(name):
 
 
 def _order(comparators):
-    # (expression, ascending) pairs: nulls first when ascending, then the
-    # value, for each comparator; ties by message number.
+    # (expression, ascending) pairs: nulls first when ascending (only for
+    # a column that may hold them), then the value, for each comparator;
+    # ties by message number in the direction of the last comparator, so
+    # that a sort by one indexed column reads its index in order.
     order = []
     for expression, folded, ascending, collate in comparators:
-        if collate is not None and not (folded and collate is unicode_casemap):
+        nullable = getattr(expression, "nullable", True)
+        # Collations apply to text; a text column holding folded keys is
+        # already in i;unicode-casemap order.
+        text = isinstance(getattr(expression, "type", None), Text)
+        if text and collate is not None and not (folded and collate is unicode_casemap):
             expression = expression.collate(SQL_NAMES[collate])
-        order += [(expression.is_not(None) if ascending else expression.is_(None), True),
-                  (expression, ascending)]
-    return order + [(_e.c.id, True)]
+        if nullable:
+            order.append((expression.is_not(None) if ascending else expression.is_(None), True))
+        order.append((expression, ascending))
+    last = comparators[-1][2] if comparators else True
+    return order + [(_e.c.id, last)]
 
 
 def _by(pairs):
@@ -187,17 +195,26 @@ def query(connection, account, where, comparators, collapse):
     return type_modseq(connection, account, EMAIL), numbers
 
 
-def query_window(connection, account, where, comparators, collapse, position, limit):
+def query_window(connection, account, where, comparators, collapse, position, limit,
+                 only_mailbox=None):
     """
     As L{query}, for the window of C{limit} results from C{position}
     (from the end when negative): the database counts and cuts, so a
     page of a large mailbox reads only that page.
 
+    @param only_mailbox: the mailbox number when the filter is that one
+        inMailbox condition alone: then the total is the mailbox's count,
+        read from its index.
     @return: C{(Email modseq, start, message numbers, total)}.
     """
     statement, condition = _statement(account, where, comparators, collapse)
-    counted = func.count(distinct(_e.c.thread_id)) if collapse else func.count()
-    total = connection.execute(select(counted).where(condition)).scalar_one()
+    if only_mailbox is not None and not collapse:
+        total = connection.execute(select(func.count()).where(
+            (_members.c.account_id == account) & (_members.c.mailbox_id == only_mailbox)
+        )).scalar_one()
+    else:
+        counted = func.count(distinct(_e.c.thread_id)) if collapse else func.count()
+        total = connection.execute(select(counted).where(condition)).scalar_one()
     start = max(0, total + position) if position < 0 else position
     numbers = list(connection.execute(statement.limit(limit).offset(start)).scalars())
     return type_modseq(connection, account, EMAIL), start, numbers, total
