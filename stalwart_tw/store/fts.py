@@ -24,8 +24,10 @@ exact phrases match the first region, stemmed phrases the second, and a
 single word matches itself in either or its stem in the second.
 """
 
+import operator
 import re
 import threading
+from itertools import compress
 import unicodedata
 from functools import lru_cache
 
@@ -73,7 +75,7 @@ MAX_QUERY_TERMS = 64
 # Language detection reads this much of subject + body, and trusts a
 # guess only from enough letters (a CJK character counts three) and with
 # enough confidence; otherwise the default language is used.
-DETECT_CHARS = 2048
+DETECT_CHARS = 1024
 MIN_DETECT_LETTERS = 20
 MIN_CONFIDENCE = 0.85
 
@@ -198,15 +200,26 @@ def _units(folded):
 _ASCII_UNIT = re.compile(f"[a-z0-9]+(?:[{_JOINER_CHARS}][a-z0-9]+)*")
 
 
+def _plain(words):
+    # Plain words past the length limit are not indexed.
+    if words and max(map(len, words)) > MAX_WORD:
+        return [word for word in words if len(word) <= MAX_WORD]
+    return words
+
+
 def _ascii_tokens(folded):
-    tokens = []
-    append, extend = tokens.append, tokens.extend
-    for word in _ASCII_UNIT.findall(folded):
-        if word.isalnum():
-            if len(word) <= MAX_WORD:
-                append(word)
-        else:
-            extend(_joined_tokens(word))
+    # The loops are C's (findall, map): most words are plain, and only the
+    # joined ones ("alice@example.com") are expanded in Python.
+    words = _ASCII_UNIT.findall(folded)
+    joined = list(compress(range(len(words)), map(operator.not_, map(str.isalnum, words))))
+    if not joined:
+        return _plain(words)
+    tokens, start = [], 0
+    for index in joined:
+        tokens.extend(_plain(words[start:index]))
+        tokens.extend(_joined_tokens(words[index]))
+        start = index + 1
+    tokens.extend(_plain(words[start:]))
     return tokens
 
 
