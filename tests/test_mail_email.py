@@ -395,6 +395,27 @@ class EmailCreateTests(MailTestCase):
         self.assertEqual(body, b"%PDF-1.4 not really a pdf\x00\x01\x02")
 
     @defer.inlineCallbacks
+    def test_create_from_body_structure(self):
+        """A bodyStructure of multipart/alternative becomes textBody and htmlBody parts."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        response = yield self.one("Email/set", {"create": {"k": {
+            "mailboxIds": {drafts: True}, "subject": "Both kinds",
+            "bodyStructure": {"type": "multipart/alternative", "subParts": [
+                {"partId": "t", "type": "text/plain"},
+                {"partId": "h", "type": "text/html"}]},
+            "bodyValues": {"t": {"value": "plain words"}, "h": {"value": "<p>rich words</p>"}},
+        }}})
+        email = response["created"]["k"]["id"]
+        got = (yield self.one("Email/get", {
+            "ids": [email], "properties": ["textBody", "htmlBody", "bodyValues", "bodyStructure"],
+            "fetchAllBodyValues": True}))["list"][0]
+        self.assertEqual(got["bodyStructure"]["type"], "multipart/alternative")
+        [text], [html] = got["textBody"], got["htmlBody"]
+        self.assertEqual((text["type"], html["type"]), ("text/plain", "text/html"))
+        self.assertEqual(got["bodyValues"][text["partId"]]["value"].strip(), "plain words")
+        self.assertEqual(got["bodyValues"][html["partId"]]["value"].strip(), "<p>rich words</p>")
+
+    @defer.inlineCallbacks
     def test_create_errors(self):
         """Missing blobs, conflicting body properties and bad mailboxes are refused by the RFC's errors."""
         drafts = (yield self.mailboxes())["Drafts"]["id"]
