@@ -123,6 +123,25 @@ class EmailImportGetTests(MailTestCase):
         self.assertEqual(response.code, 404)
 
     @defer.inlineCallbacks
+    def test_import_attached_message(self):
+        """A message attached to another imports by its part's blob id, as an Email of its own."""
+        inner = message(subject="Forwarded inside", message_id="inner@x")
+        outer = (b"From: a@example.com\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
+                 b"Content-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\n"
+                 b"Content-Type: text/plain\r\n\r\nSee below.\r\n--z\r\n"
+                 b"Content-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--z--\r\n")
+        [email] = yield self.import_messages([outer])
+        got = yield self.one("Email/get", {"ids": [email], "properties": ["attachments"]})
+        [attached] = got["list"][0]["attachments"]
+        inbox = (yield self.mailboxes())["Inbox"]["id"]
+        response = yield self.one("Email/import", {"emails": {
+            "k": {"blobId": attached["blobId"], "mailboxIds": {inbox: True}}}})
+        created = response["created"]["k"]
+        self.assertNotEqual(created["blobId"], attached["blobId"])
+        got = yield self.one("Email/get", {"ids": [created["id"]], "properties": ["subject"]})
+        self.assertEqual(got["list"][0]["subject"], "Forwarded inside")
+
+    @defer.inlineCallbacks
     def test_parse(self):
         """Email/parse reads an uploaded blob without importing it."""
         blob = yield self.upload(message(subject="Parse me"))

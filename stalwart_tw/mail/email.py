@@ -562,11 +562,11 @@ async def _import_one(emails, context, account, item, prepared, visible):
                 raise SetError("blobNotFound", f"no blob {blob_id!r} in this account") from None
             emails._check_size(len(raw))
             blob_hash, _ = await emails._blobs.put(raw)
-            prepared.held.append(blob_hash)
             ingested = await emails._in_thread(
                 ingest, raw, blob_hash, emails._settings.default_language)
         if isinstance(ingested, SetError):
             raise ingested
+        # Held once (by the put or the hold above), released once.
         prepared.held.append(ingested.blob_hash)
         if not ingested.header_count:
             raise SetError("invalidEmail", "the blob is no message: it has no header field")
