@@ -492,3 +492,70 @@ class EmailLimitTests(MailTestCase):
         response = yield self.one("Email/import", {"emails": emails})
         self.assertEqual(len(response["created"]), 1)
         self.assertEqual({e["type"] for e in response["notCreated"].values()}, {"overQuota"})
+
+
+class EmailReviewTests(MailTestCase):
+    """
+    Cases a review found: ids past 63 bits, patches of keywords in other
+    cases, copies that would keep another account's mailboxes, dates.
+    """
+
+    @defer.inlineCallbacks
+    def test_huge_ids(self):
+        """Ids whose numbers pass 63 bits are simply not found, never a serverFail."""
+        [email] = yield self.import_messages([message()])
+        huge_email, huge_box = "e" + "z" * 13, "m" + "z" * 13
+        got = yield self.one("Email/get", {"ids": [huge_email]})
+        self.assertEqual(got["notFound"], [huge_email])
+        response = yield self.one("Email/set", {
+            "update": {huge_email: {"keywords": {}},
+                       email: {"mailboxIds": {huge_box: True}}},
+            "destroy": ["e" + "y" * 13]})
+        self.assertEqual(response["notUpdated"][huge_email]["type"], "notFound")
+        self.assertEqual(response["notUpdated"][email]["properties"], ["mailboxIds"])
+        self.assertEqual(response["notDestroyed"]["e" + "y" * 13]["type"], "notFound")
+        found = yield self.one("Email/query", {"filter": {"inMailbox": huge_box}})
+        self.assertEqual(found["ids"], [])
+        threads = yield self.one("Thread/get", {"ids": ["t" + "z" * 13]})
+        self.assertEqual(len(threads["notFound"]), 1)
+
+    @defer.inlineCallbacks
+    def test_keyword_patch_ignores_case(self):
+        """Removing "keywords/$SEEN" removes $seen: keywords are case-insensitive."""
+        [email] = yield self.import_messages([message()], keywords={"$seen": True})
+        yield self.one("Email/set", {"update": {email: {"keywords/$SEEN": None}}})
+        got = yield self.one("Email/get", {"ids": [email], "properties": ["keywords"]})
+        self.assertEqual(got["list"][0]["keywords"], {})
+
+    @defer.inlineCallbacks
+    def test_copy_needs_mailboxes(self):
+        """A copy that does not name its mailboxes is refused: the original's are another account's."""
+        [email] = yield self.import_messages([message()])
+        response = yield self.one("Email/copy", {
+            "fromAccountId": self.account, "accountId": account_id(self.sales.id),
+            "create": {"c": {"id": email}}})
+        self.assertEqual(response["notCreated"]["c"]["properties"], ["mailboxIds"])
+
+    @defer.inlineCallbacks
+    def test_dates(self):
+        """receivedAt is a full RFC 3339 UTC date-time, in and out, whatever the year."""
+        inbox = (yield self.mailboxes())["Inbox"]["id"]
+        blob = yield self.upload(message())
+        emails = {"old": {"blobId": blob, "mailboxIds": {inbox: True},
+                          "receivedAt": "0999-01-01T00:00:00Z"}}
+        for key, date in (("day", "2024-01-01Z"), ("minute", "2024-01-01T00:00Z"),
+                          ("space", "2024-01-01 00:00:00Z"), ("offset", "2024-01-01T00:00:00+01:00")):
+            emails[key] = {"blobId": blob, "mailboxIds": {inbox: True}, "receivedAt": date}
+        response = yield self.one("Email/import", {"emails": dict(list(emails.items())[:5])})
+        self.assertEqual(set(response["notCreated"]), {"day", "minute", "space", "offset"})
+        old = response["created"]["old"]["id"]
+        got = yield self.one("Email/get", {"ids": [old], "properties": ["receivedAt"]})
+        self.assertEqual(got["list"][0]["receivedAt"], "0999-01-01T00:00:00Z")
+
+    @defer.inlineCallbacks
+    def test_headers_refused_on_create(self):
+        """Email/set create refuses a headers property, even an empty one."""
+        drafts = (yield self.mailboxes())["Drafts"]["id"]
+        response = yield self.one("Email/set", {"create": {"k": {
+            "mailboxIds": {drafts: True}, "headers": []}}})
+        self.assertEqual(response["notCreated"]["k"]["properties"], ["headers"])

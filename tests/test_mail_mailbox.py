@@ -387,3 +387,51 @@ class MailboxQueryTests(MailTestCase):
             "sinceQueryState": first["queryState"]})
         self.assertEqual(response["removed"], [self.alpha])
         self.assertEqual(response["added"], [{"id": self.alpha, "index": 1}])
+
+
+class MailboxTreeChangesTests(MailTestCase):
+    """
+    Mailbox/queryChanges stays exact when a change moves or hides descendants.
+    """
+
+    settings_overrides = {}
+
+    @defer.inlineCallbacks
+    def replay(self, arguments, change):
+        first = yield self.one("Mailbox/query", arguments)
+        yield change()
+        now = yield self.one("Mailbox/query", arguments)
+        delta = yield self.one("Mailbox/queryChanges", {
+            **arguments, "sinceQueryState": first["queryState"]})
+        cached = [i for i in first["ids"] if i not in delta["removed"]]
+        for added in delta["added"]:
+            cached.insert(added["index"], added["id"])
+        self.assertEqual(cached, now["ids"])
+
+    @defer.inlineCallbacks
+    def test_sort_as_tree(self):
+        """A parent moved in the sort takes its children with it."""
+        a = yield self.create_mailbox(name="A", sortOrder=10)
+        yield self.create_mailbox(name="A1", parentId=a)
+        yield self.create_mailbox(name="B", sortOrder=20)
+        yield self.replay(
+            {"sortAsTree": True, "filter": {"hasAnyRole": False},
+             "sort": [{"property": "sortOrder"}, {"property": "name"}]},
+            lambda: self.one("Mailbox/set", {"update": {a: {"sortOrder": 30}}}))
+
+    @defer.inlineCallbacks
+    def test_filter_as_tree(self):
+        """A parent that stops matching hides its children."""
+        a = yield self.create_mailbox(name="Projects")
+        yield self.create_mailbox(name="Project X", parentId=a)
+        yield self.replay(
+            {"filterAsTree": True, "filter": {"name": "project"}, "sort": [{"property": "name"}]},
+            lambda: self.one("Mailbox/set", {"update": {a: {"name": "Old"}}}))
+
+    @defer.inlineCallbacks
+    def test_null_patch_is_the_default(self):
+        """Patching sortOrder to null sets it back to 0 (RFC 8620 section 5.3)."""
+        a = yield self.create_mailbox(name="A", sortOrder=10)
+        response = yield self.one("Mailbox/set", {"update": {a: {"sortOrder": None}}})
+        self.assertEqual(response["updated"], {a: None})
+        self.assertEqual((yield self.mailboxes())["A"]["sortOrder"], 0)

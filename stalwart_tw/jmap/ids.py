@@ -39,6 +39,7 @@ def decode_id(prefix, text):
         if value is None:
             return None
         number = number * 32 + value
-    if encode_id(prefix, number) != text:
+    # Past 63 bits no database column holds it: no object has that id.
+    if number >= 2**63 or encode_id(prefix, number) != text:
         return None
     return number

@@ -425,6 +425,14 @@ class WritableType(DataType):
         """
         return None
 
+    def normalise_patch(self, patch):
+        """
+        @return: the client's PatchObject as it applies to the object as
+            /get shows it (Email's keywords are case-insensitive and shown
+            lower-case: "keywords/$Seen" patches "keywords/$seen").
+        """
+        return patch
+
     def release(self, prepared):
         """
         Called once the write is over, committed or not: let go of what
@@ -622,7 +630,7 @@ def _build_updates(datatype, draft, call, updates, destroying):
             current = datatype.read_drafted(draft, call, call.account, [object_id]).get(object_id)
             if current is None:
                 raise SetError("notFound", f"no {datatype.name} {object_id!r}")
-            patched = apply_patch(current, patch)
+            patched = apply_patch(current, datatype.normalise_patch(patch))
             with draft.batch.savepoint():
                 updated[object_id] = datatype.build_update(
                     draft, call, object_id, current, patched

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import msgpack
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import DeferredList, ensureDeferred
 from stalwart_tw.jmap.errors import REQUEST_TOO_LARGE, MethodError, invalid_arguments
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import (
@@ -308,18 +308,30 @@ class EmailType(WritableType):
 
     async def prepare(self, context, account, request, extra):
         prepared = _Prepared()
-        for creation_id, properties in request.create.items():
-            if "id" in properties:
-                # A /copy names its original (nothing to build); a /set
-                # create may not name an id (refused when built).
-                continue
-            try:
-                prepared.messages[creation_id] = await self._build_message(
-                    context, account, properties, prepared
-                )
-            except SetError as error:
-                prepared.messages[creation_id] = error
+        try:
+            for creation_id, properties in request.create.items():
+                if "id" in properties:
+                    # A /copy names its original (nothing to build); a /set
+                    # create may not name an id (refused when built).
+                    continue
+                try:
+                    prepared.messages[creation_id] = await self._build_message(
+                        context, account, properties, prepared
+                    )
+                except SetError as error:
+                    prepared.messages[creation_id] = error
+        except BaseException:
+            self.release(prepared)
+            raise
         return prepared
+
+    def normalise_patch(self, patch):
+        if not isinstance(patch, dict):
+            return patch
+        return {
+            path.lower() if path.startswith("keywords/") else path: value
+            for path, value in patch.items()
+        }
 
     def release(self, prepared):
         for blob_hash in prepared.held:
@@ -328,6 +340,9 @@ class EmailType(WritableType):
 
     async def _build_message(self, context, account, properties, prepared):
         given = {name: value for name, value in properties.items() if name not in _METADATA_SET}
+        if "headers" in given:
+            raise SetError("invalidProperties", "'headers' cannot be given: set each header "
+                           "field as a property of its own", ["headers"])
         wanted_blobs = sorted(set(_blob_ids(given)))
         contents = {}
         for blob_id in wanted_blobs:
@@ -379,6 +394,10 @@ class EmailType(WritableType):
         unknown = sorted(set(properties) - _METADATA_SET)
         if unknown:
             raise SetError("invalidProperties", f"a copy cannot set {unknown[0]!r}", unknown)
+        if properties.get("mailboxIds") is original.get("mailboxIds"):
+            # The original's mailboxes are another account's.
+            raise SetError("invalidProperties", "a copy must give its mailboxIds",
+                           ["mailboxIds"])
         mailboxes, keywords = self._check_metadata(draft, call, properties)
         received_at = self._received_at(properties, None)
         row = messages.email_row(draft, source, email_number(original["id"]))
@@ -516,11 +535,14 @@ async def email_import(emails, writer, context, arguments):
         named = [item.get("blobId") for item in given.values()]
         visible = await emails._blob_access.visible(
             account, context.principal.id, {b for b in named if is_blob_hash(b)})
-        outcomes = await gatherResults([
+        # Every one is waited for, so that all holds are known to release.
+        outcomes = await DeferredList([
             ensureDeferred(_import_one(emails, context, account, item, prepared, visible))
             for item in given.values()
-        ])
-        for creation_id, outcome in zip(given, outcomes):
+        ], consumeErrors=True)
+        for creation_id, (succeeded, outcome) in zip(given, outcomes):
+            if not succeeded:
+                outcome.raiseException()
             prepared.messages[creation_id] = outcome
         written = await writer.write(
             account, _build_import, emails, context, account, given, prepared, if_in_state
@@ -590,7 +612,11 @@ def _hold_and_ingest(emails, blob_hash):
         if isinstance(error, SetError):
             return error
         return SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
-    return ingest(raw, blob_hash, emails._settings.default_language)
+    try:
+        return ingest(raw, blob_hash, emails._settings.default_language)
+    except BaseException:
+        emails._blobs.release_in_flight(blob_hash)
+        raise
 
 
 def _build_import(connection, batch, emails, context, account, given, prepared, if_in_state):

@@ -226,6 +226,10 @@ class MailboxType(WritableType):
             raise SetError("invalidProperties", f"no property {unknown[0]!r}", unknown)
         number = mailbox_number(object_id)
         values = {name: patched.get(name) for name in CLIENT_SET}
+        # A patch that sets a property to null asks for its default.
+        for name, default in (("sortOrder", 0), ("isSubscribed", False)):
+            if values[name] is None:
+                values[name] = default
         parent = self._check(draft, call, number, values)
         row = draft.first("mailboxes", account_id=call.account, id=number)
         new_row = {"name": values["name"], "parent_id": parent, "role": values["role"],
@@ -455,6 +459,17 @@ class MailboxQuery(InMemoryQuery):
             ordered = sorted_ids(objects, lambda obj: obj["id"] in matching, comparators)
             return modseq, ordered
         return modseq, [i for i in _tree_order(objects, comparators) if i in matching]
+
+
+    async def related_changes(self, context, account, compiled, extra, changed, since):
+        # In tree order (or filtered as a tree) a change to one mailbox
+        # moves or hides its descendants: every mailbox is reported (an
+        # account holds at most mailbox-max-total).
+        if not (extra.get("sortAsTree") or extra.get("filterAsTree")):
+            return changed
+        _, objects = await self._datatype.read_with_state(
+            context, account, None, frozenset({"id"}), extra)
+        return dict.fromkeys([*changed, *sorted(objects)])
 
 
 def _ancestors_match(objects, object_id, matching):

@@ -16,6 +16,7 @@ thread), so every message of a thread touched since the client's state is
 reported removed, and added back where it now stands.
 """
 
+import re
 from datetime import datetime, timezone
 
 from sqlalchemy import and_, false, not_, or_, true
@@ -43,15 +44,19 @@ THREAD_CONDITIONS = frozenset(
 )
 
 
+# RFC 3339 date-time in UTC (RFC 8620 section 1.4), fractions allowed.
+_UTC_DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
+
+
 def parse_utc_date(value):
     """
     @return: the seconds since the epoch of a UTCDate (RFC 8620 section 1.4).
     @raise ValueError: for anything else.
     """
-    if not isinstance(value, str) or not value.endswith(("Z", "z")):
+    if not isinstance(value, str) or not _UTC_DATE.fullmatch(value):
         raise ValueError(f"must be a UTCDate such as 2024-01-31T12:00:00Z, not {value!r}")
     try:
-        moment = datetime.fromisoformat(value[:-1] + "+00:00")
+        moment = datetime.fromisoformat(value[:19] + "+00:00")
     except ValueError:
         raise ValueError(f"must be a UTCDate such as 2024-01-31T12:00:00Z, not {value!r}") from None
     return int(moment.timestamp())
@@ -61,7 +66,9 @@ def utc_date(seconds):
     """
     @return: the UTCDate of a number of seconds since the epoch.
     """
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z")
 
 
 class _Clauses:

@@ -47,7 +47,10 @@ def assign_thread(draft, account, number, own_ids, referenced_ids, base_subject)
     @return: the thread's number.
     """
     own = [message_id_key(value) for value in own_ids[:MAX_LINKS]]
-    referenced = [message_id_key(value) for value in referenced_ids[:MAX_LINKS]]
+    if len(referenced_ids) > MAX_LINKS:
+        # In-Reply-To comes first; the nearest ancestors are the last references.
+        referenced_ids = referenced_ids[:1] + referenced_ids[1 - MAX_LINKS:]
+    referenced = [message_id_key(value) for value in referenced_ids]
     linked = set()
     for value in dict.fromkeys(own + referenced):
         for row in draft.rows("email_message_ids", account_id=account, message_id=value):
