@@ -559,3 +559,20 @@ class EmailReviewTests(MailTestCase):
         response = yield self.one("Email/set", {"create": {"k": {
             "mailboxIds": {drafts: True}, "headers": []}}})
         self.assertEqual(response["notCreated"]["k"]["properties"], ["headers"])
+
+    @defer.inlineCallbacks
+    def test_blob_copy_of_a_part(self):
+        """Blob/copy of a body part's blob id gives the target account a blob of the part's content."""
+        [email] = yield self.import_messages([message(body="Part to share.\r\n")])
+        got = yield self.one("Email/get", {"ids": [email], "properties": ["textBody"]})
+        part = got["list"][0]["textBody"][0]["blobId"]
+        sales = account_id(self.sales.id)
+        [(_, copied, _)] = yield self.call([["Blob/copy", {
+            "fromAccountId": self.account, "accountId": sales, "blobIds": [part, "x_1"]}, "c"]])
+        new_id = copied["copied"][part]
+        self.assertNotEqual(new_id, part)
+        self.assertEqual(list(copied["notCopied"]), ["x_1"])
+        response, body = yield self.request(
+            "GET", f"/jmap/download/{sales}/{new_id}/part.txt",
+            headers={b"Authorization": [b"Basic amFuZTpqYW5lLXBhc3N3b3Jk"]})
+        self.assertEqual(body, b"Part to share.\r\n")

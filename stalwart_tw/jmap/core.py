@@ -4,10 +4,12 @@ Blob/copy, and the rule that says which account may use which blob.
 
 Which blobs an account sees. A blob id is the BLAKE3 hex digest of the
 content, so knowing it proves nothing: an account sees a blob only when the
-account holds it. For now that means a C{blob_temp} row of that account (its
-own upload, or a Blob/copy into it); once mail data references blobs, those
-references will count too. Download, Blob/copy and (later) every /set that
-takes a blobId go through L{BlobAccess.visible}, so the rule lives here once.
+account holds it: a C{blob_temp} row of that account (its own upload, or a
+Blob/copy into it), or data of the account that references it (a message,
+through a holder an extension adds). Extensions may also serve derived blob
+ids (a message's body part), resolved to the blob they come from, which the
+account must see. Download, Blob/copy, Email/import, Email/parse and
+Email/set go through L{BlobAccess.visible}, so the rule lives here once.
 A blob an account cannot see is "not found", never "forbidden": the answer
 does not reveal that someone else stored the same content.
 
@@ -200,10 +202,27 @@ class BlobAccess:
         wanted = [blob_id for blob_id in dict.fromkeys(blob_ids) if is_blob_hash(blob_id)]
         caller = context.principal.id
         visible = await self.visible(source, caller, wanted)
-        held = await uncancellable(ensureDeferred(self._grant_held(target, caller, visible)))
+        # A derived blob (a message's body part) becomes a blob of its own
+        # in the target account: the copy's id is its content's hash.
+        derived = {}
+        try:
+            for blob_id in dict.fromkeys(blob_ids):
+                if is_blob_hash(blob_id) or self._derive(blob_id) is None:
+                    continue
+                try:
+                    content = await self.read_visible(source, caller, blob_id)
+                except BlobMissing:
+                    continue
+                derived[blob_id], _ = await self._blobs.put(content)
+            held = await uncancellable(ensureDeferred(
+                self._grant_held(target, caller, visible | set(derived.values()))))
+        finally:
+            for blob_hash in derived.values():
+                self._blobs.release_in_flight(blob_hash)
+        new_ids = {blob_id: derived.get(blob_id, blob_id) for blob_id in blob_ids}
         not_found = {"type": NOT_FOUND, "description": "no such blob in the source account"}
-        copied = {blob_id: blob_id for blob_id in blob_ids if blob_id in held}
-        not_copied = {blob_id: dict(not_found) for blob_id in blob_ids if blob_id not in held}
+        copied = {blob_id: new_ids[blob_id] for blob_id in blob_ids if new_ids[blob_id] in held}
+        not_copied = {blob_id: dict(not_found) for blob_id in blob_ids if blob_id not in copied}
         return {
             "fromAccountId": account_id(source),
             "accountId": account_id(target),
