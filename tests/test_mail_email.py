@@ -576,3 +576,18 @@ class EmailReviewTests(MailTestCase):
             "GET", f"/jmap/download/{sales}/{new_id}/part.txt",
             headers={b"Authorization": [b"Basic amFuZTpqYW5lLXBhc3N3b3Jk"]})
         self.assertEqual(body, b"Part to share.\r\n")
+
+    @defer.inlineCallbacks
+    def test_missing_blob(self):
+        """A message whose bytes are gone from disk still answers: its body properties are null."""
+        import os
+        [email] = yield self.import_messages([message()])
+        got = yield self.one("Email/get", {"ids": [email], "properties": ["blobId"]})
+        os.unlink(self.service.blobs.path_for(got["list"][0]["blobId"]))
+        got = yield self.one("Email/get", {"ids": [email],
+                                           "properties": ["subject", "textBody", "header:X"]})
+        [found] = got["list"]
+        self.assertEqual(found["subject"], "Hello")
+        self.assertIsNone(found["textBody"])
+        self.assertIsNone(found["header:X"])
+        self.flushLoggedErrors()

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 
 import msgpack
 from twisted.internet.defer import DeferredList, ensureDeferred
+from stalwart_tw.logs import Logger
 from stalwart_tw.jmap.errors import REQUEST_TOO_LARGE, MethodError, invalid_arguments
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import (
@@ -68,6 +69,8 @@ _FROM_ROWS = frozenset({*METADATA, *CONVENIENCE, "hasAttachment", "preview"})
 MUTABLE = frozenset({"mailboxIds", "keywords"})
 # What a client may give to Email/set create besides the message itself.
 _METADATA_SET = frozenset({"mailboxIds", "keywords", "receivedAt"})
+log = Logger()
+
 # Where the Message-IDs this server makes up come from (no DNS lookup).
 MESSAGE_ID_DOMAIN = platform.node() or "localhost"
 # Neither given on create nor copied.
@@ -198,8 +201,12 @@ def _as_jmap(row, wanted, options, read_raw):
         try:
             raw = read_raw(row["blob_hash"])
         except BlobMissing:
-            raw = None
-        if raw is not None:
+            # The bytes are gone from this node's disk (never on a healthy
+            # one): what depends on them is null, and the log says so.
+            log.error("the blob {blob} of email {email} in account {account} is missing",
+                      blob=row["blob_hash"], email=email_id(row["id"]), account=row["account_id"])
+            found.update((name, None) for name in wanted if name not in _FROM_ROWS)
+        else:
             view = mime.MessageView(raw, msgpack.unpackb(row["layout"]), row["blob_hash"])
             found.update(body_properties_of(view, wanted, options))
     return found
