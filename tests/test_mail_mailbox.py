@@ -244,7 +244,6 @@ class MailboxSetTests(MailTestCase):
     @defer.inlineCallbacks
     def test_too_many_mailboxes(self):
         """Past mailbox-max-total a create is overQuota."""
-        self.service.settings = self.service.settings  # the limit is the node's
         limit = self.service.settings.mailbox_max_total
         creates = {f"k{n}": {"name": f"Box {n}"} for n in range(limit - 6)}
         for start in range(0, len(creates), 400):

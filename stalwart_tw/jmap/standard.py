@@ -189,6 +189,24 @@ def boolean_argument(arguments, name):
     return value
 
 
+def check_boolean(value):
+    """
+    A check of L{DataType.arguments}: the value must be a boolean.
+    """
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean")
+    return value
+
+
+def check_whole_number(value):
+    """
+    A check of L{DataType.arguments}: the value must be an integer >= 0.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("must be a whole number")
+    return value
+
+
 def require_writable(context, account):
     """
     @raise MethodError: C{accountReadOnly} for an account the caller may

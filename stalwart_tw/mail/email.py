@@ -33,8 +33,11 @@ from stalwart_tw.jmap.errors import REQUEST_TOO_LARGE, MethodError, invalid_argu
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import (
     SetError,
+    SetCall,
     WritableType,
     check_arguments,
+    check_boolean,
+    check_whole_number,
     optional_string,
     require_account,
     require_writable,
@@ -78,16 +81,6 @@ SERVER_SET = frozenset({"id", "blobId", "threadId", "size"})
 
 
 def _body_arguments():
-    def flag(value):
-        if not isinstance(value, bool):
-            raise ValueError("must be a boolean")
-        return value
-
-    def whole(value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError("must be a whole number")
-        return value
-
     def body_properties(value):
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ValueError("must be an array of EmailBodyPart property names")
@@ -100,17 +93,11 @@ def _body_arguments():
 
     return {
         "bodyProperties": body_properties,
-        "fetchTextBodyValues": flag,
-        "fetchHTMLBodyValues": flag,
-        "fetchAllBodyValues": flag,
-        "maxBodyValueBytes": whole,
+        "fetchTextBodyValues": check_boolean,
+        "fetchHTMLBodyValues": check_boolean,
+        "fetchAllBodyValues": check_boolean,
+        "maxBodyValueBytes": check_whole_number,
     }
-
-
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise ValueError("must be a boolean")
-    return value
 
 
 @dataclass
@@ -251,8 +238,8 @@ class EmailType(WritableType):
     arguments = {
         "get": _body_arguments(),
         "parse": _body_arguments(),
-        "query": {"collapseThreads": _boolean},
-        "queryChanges": {"collapseThreads": _boolean},
+        "query": {"collapseThreads": check_boolean},
+        "queryChanges": {"collapseThreads": check_boolean},
     }
 
     def __init__(self, store, blobs, blob_access, settings, in_thread, clock):
@@ -358,7 +345,8 @@ class EmailType(WritableType):
                     account, context.principal.id, blob_id
                 )
             except BlobMissing:
-                pass
+                # Left out: build() names it in blobNotFound.
+                continue
         now = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
         try:
             raw = await self._in_thread(
@@ -627,7 +615,6 @@ def _hold_and_ingest(emails, blob_hash):
 
 
 def _build_import(connection, batch, emails, context, account, given, prepared, if_in_state):
-    from stalwart_tw.jmap.standard import SetCall
     old_modseq = type_modseq(connection, account, EMAIL)
     if if_in_state is not None and if_in_state != encode_state(old_modseq):
         raise MethodError("stateMismatch", "the state is no longer the one given in ifInState")

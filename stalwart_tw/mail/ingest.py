@@ -11,11 +11,12 @@ is the rows: nothing here runs again on another node.
 
 import email.utils
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgpack
 
 from stalwart_tw.mail import mime, thread
-from stalwart_tw.mail.messages import EMAIL, MAILBOX, email_id, mailbox_id, touch_counts
+from stalwart_tw.mail.messages import EMAIL, email_id, touch_counts
 from stalwart_tw.store import fts
 from stalwart_tw.store.collation import unicode_casemap
 
@@ -62,7 +63,6 @@ def _epoch(text):
     if not text:
         return None
     try:
-        from datetime import datetime
         return int(datetime.fromisoformat(text).timestamp())
     except (ValueError, OverflowError):
         return None
@@ -157,8 +157,8 @@ def create_email(draft, account, ingested, mailboxes, keywords, received_at):
     batch.insert("email_search", **search)
     batch.reference_blob(ingested.blob_hash, ingested.size)
     batch.log_change(account, EMAIL, email_id(number), "created")
-    for mailbox in sorted(mailboxes):
-        batch.log_change(account, MAILBOX, mailbox_id(mailbox), "updated")
+    # The thread's mailboxes, the new message's among them (the draft sees
+    # its rows): their counts moved.
     touch_counts(draft, account, [thread_number])
     return number, thread_number
 
@@ -174,7 +174,7 @@ def copy_email(draft, source_account, row, account, mailboxes, keywords, receive
         return draft.rows(table, account_id=source_account, email_id=row["id"])
 
     ids = rows("email_message_ids")
-    search = next(iter(rows("email_search")), None)
+    [search] = rows("email_search")
     copied = Ingested(
         blob_hash=row["blob_hash"], size=row["size"], layout=row["layout"],
         envelope=row["envelope"], preview=row["preview"], has_attachment=row["has_attachment"],
@@ -182,9 +182,8 @@ def copy_email(draft, source_account, row, account, mailboxes, keywords, receive
         from_sort=row["from_sort"], to_sort=row["to_sort"],
         own_ids=[r["message_id"] for r in ids if r["kind"] == "m"],
         referenced_ids=[r["message_id"] for r in ids if r["kind"] == "r"],
-        search={key: value for key, value in (search or {}).items()
-                if key not in ("rowid", "account_id", "email_id")} or
-        fts.index_row(0, 0, {}, "en"),
+        search={key: value for key, value in search.items()
+                if key not in ("rowid", "account_id", "email_id")},
         headers=[(r["name"], r["value"]) for r in rows("email_headers")],
         attachments_size=0, header_count=0,
     )

@@ -30,7 +30,7 @@ from stalwart_tw.jmap.query import (
     filter_string,
     sorted_ids,
 )
-from stalwart_tw.jmap.standard import SetError, WritableType, standard_changes
+from stalwart_tw.jmap.standard import SetError, WritableType, check_boolean, standard_changes
 from stalwart_tw.mail import messages
 from stalwart_tw.mail.messages import MAILBOX_PREFIX, mailbox_id
 from stalwart_tw.store.changes import changes_since, type_modseq
@@ -133,9 +133,9 @@ class MailboxType(WritableType):
     properties = frozenset({*CLIENT_SET, *SERVER_SET})
     server_set = SERVER_SET
     arguments = {
-        "set": {"onDestroyRemoveEmails": lambda value: _boolean(value)},
-        "query": {"sortAsTree": lambda v: _boolean(v), "filterAsTree": lambda v: _boolean(v)},
-        "queryChanges": {"sortAsTree": lambda v: _boolean(v), "filterAsTree": lambda v: _boolean(v)},
+        "set": {"onDestroyRemoveEmails": check_boolean},
+        "query": {"sortAsTree": check_boolean, "filterAsTree": check_boolean},
+        "queryChanges": {"sortAsTree": check_boolean, "filterAsTree": check_boolean},
     }
 
     def __init__(self, store, settings):
@@ -354,12 +354,6 @@ class MailboxType(WritableType):
         if not children or level > self._settings.mailbox_max_depth:
             return 0
         return 1 + max(self._height(draft, account, child["id"], level + 1) for child in children)
-
-
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise ValueError("must be a boolean")
-    return value
 
 
 def default_mailboxes(draft, account, owner):
