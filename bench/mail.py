@@ -225,7 +225,8 @@ async def measure(connection, messages, count, samples, pid):
     elapsed = time.perf_counter() - started - making
     print(f"corpus: {count} messages, {volume / 1e6:.1f} MB")
     print(f"import (upload + Email/import of 50): {count / elapsed:.0f} messages/s "
-          f"({uploading / elapsed:.0%} of the time in uploads)")
+          f"(per message {uploading / count * 1e3:.2f} ms upload, "
+          f"{(elapsed - uploading) / count * 1e3:.2f} ms import)")
 
     rng = random.Random(1)
     ids = [encode_id("e", number) for number in range(1, count + 1)]

@@ -202,6 +202,10 @@ SETTINGS = (
         _kind("integer", "worker-pool-size", None,
               "threads for blocking work (count; default: number of CPUs)",
               minimum=1, derive=_cpu_count),
+        _kind("integer", "worker-processes", None,
+              "processes for CPU-heavy parsing of messages (count; default: number "
+              "of CPUs; 0 parses on the worker threads)",
+              minimum=0, derive=_cpu_count),
         _kind("string", "admin-secret", None,
               "password of the built-in admin principal (text of at least "
               f"{MIN_SECRET_LENGTH} characters; generated and shown once on the "

@@ -31,6 +31,7 @@ from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -191,7 +192,8 @@ def mail_extension(node):
     from stalwart_tw.mail.extension import MailExtension
 
     return MailExtension(
-        node.store, node.writer, node.settings, node.blobs, node.blob_access, node.clock
+        node.store, node.writer, node.settings, node.blobs, node.blob_access, node.processes,
+        node.clock,
     )
 
 
@@ -268,6 +270,7 @@ class NodeService(SequentialService):
         for part in (
             _Call("workers", self.workers.start, partial(_stop_pool, self.workers)),
             _Call("hashers", self.hashers.start, partial(_stop_pool, self.hashers)),
+            _Call("processes", self.processes.start, self.processes.stop),
             _Call("store", self.store.open, self.store.close),
             self.node,
             self.blobs,
@@ -300,6 +303,7 @@ class NodeService(SequentialService):
         from stalwart_tw.jmap.core import BlobAccess
         from stalwart_tw.jmap.push import StateChangeBus
         from stalwart_tw.jmap.server import JmapServer
+        from stalwart_tw.processes import ProcessPool
         from stalwart_tw.store.blobs import BlobStore
         from stalwart_tw.store.directory import Directory
         from stalwart_tw.store.engine import Store
@@ -314,6 +318,11 @@ class NodeService(SequentialService):
         self.hashers = ThreadPool(1, hash_threads, name="argon2")
         self.store = Store(
             os.path.join(data, "idx"), settings.worker_pool_size, reactor=self._reactor
+        )
+        self.processes = ProcessPool(
+            settings.worker_processes,
+            partial(deferToThreadPool, self._reactor, self.workers),
+            reactor=self._reactor,
         )
         self.node = LocalNode(self.store)
         self.writer = AccountWriter(self.store, self.node)

@@ -46,6 +46,9 @@ def node_settings(test, **overrides):
         "jmap-port": "0",
         "manhole-port": "0",
         "admin-secret": "the-service-secret",
+        # Parsing in worker processes has tests of its own; the rest parse
+        # on threads rather than spawn two interpreters per test.
+        "worker-processes": "0",
     }
     values.update(overrides)
     return load_settings(None, values, {})

@@ -587,3 +587,23 @@ class EmailReviewTests(MailTestCase):
         self.assertIsNone(found["textBody"])
         self.assertIsNone(found["header:X"])
         self.flushLoggedErrors()
+
+
+class ParsingProcessTests(EmailImportGetTests):
+    """
+    The import tests again, each message parsed in a worker process.
+    """
+
+    settings_overrides = {"mail-import-max-items": "6", "worker-processes": "1"}
+
+    @defer.inlineCallbacks
+    def test_created_message_searchable(self):
+        """A message built by Email/set, parsed in a worker, is found by its words at once."""
+        inbox = (yield self.mailboxes())["Inbox"]["id"]
+        response = yield self.one("Email/set", {"create": {"k": {
+            "mailboxIds": {inbox: True}, "subject": "Quarterly marmalade",
+            "bodyValues": {"1": {"value": "Oranges from Seville."}},
+            "textBody": [{"partId": "1", "type": "text/plain"}]}}})
+        created = response["created"]["k"]["id"]
+        found = yield self.one("Email/query", {"filter": {"text": "seville"}})
+        self.assertEqual(found["ids"], [created])

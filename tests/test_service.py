@@ -170,7 +170,7 @@ class NodeServiceTests(NodeServiceMixin, TestCase):
         self.assertEqual(failures[0].getErrorMessage(), "no admin")
         self.assertFalse(service.ready)
         yield service.stopService()
-        self.assertEqual(stops, ["admin", "blobs", "node", "store", "hashers", "workers"])
+        self.assertEqual(stops, ["admin", "blobs", "node", "store", "processes", "hashers", "workers"])
         self.assertEqual(service.ports, {})
         probe = yield self.assertFailure(
             self.client().get(f"http://127.0.0.1:{port}/jmap/session"), ConnectionRefusedError)

@@ -22,6 +22,7 @@ Choices:
   Thread and Mailbox states move with the changes that concern them.
 """
 
+import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +45,7 @@ from stalwart_tw.jmap.standard import (
     type_arguments,
 )
 from stalwart_tw.mail import messages, mime
-from stalwart_tw.mail.ingest import copy_email, create_email, ingest
+from stalwart_tw.mail.ingest import copy_email, create_email, ingest, ingest_file
 from stalwart_tw.mail.keywords import KeywordError, check_keyword_set
 from stalwart_tw.mail.mailbox import mailbox_number
 from stalwart_tw.mail.messages import email_id, email_number, mailbox_id, thread_id
@@ -242,12 +243,14 @@ class EmailType(WritableType):
         "queryChanges": {"collapseThreads": check_boolean},
     }
 
-    def __init__(self, store, blobs, blob_access, settings, in_thread, clock):
+    def __init__(self, store, blobs, blob_access, settings, in_thread, parse, clock):
         self._store = store
         self._blobs = blobs
         self._blob_access = blob_access
         self._settings = settings
         self._in_thread = in_thread
+        # Runs ingest (a pure function of bytes) in a parsing process.
+        self._parse = parse
         self._clock = clock
 
     def check_properties(self, properties):
@@ -360,7 +363,7 @@ class EmailType(WritableType):
         self._check_size(len(raw))
         blob_hash, _ = await self._blobs.put(raw)
         prepared.held.append(blob_hash)
-        return await self._in_thread(ingest, raw, blob_hash, self._settings.default_language)
+        return await self._parse(ingest, raw, blob_hash, self._settings.default_language)
 
     def _check_size(self, size):
         if size > self._settings.mail_max_size:
@@ -569,8 +572,14 @@ async def _import_one(emails, context, account, item, prepared, visible):
         blob_id = item.get("blobId")
         if not isinstance(blob_id, str):
             raise SetError("invalidProperties", "'blobId' must be a blob id", ["blobId"])
+        language = emails._settings.default_language
         if blob_id in visible:
-            ingested = await emails._in_thread(_hold_and_ingest, emails, blob_id)
+            path = await emails._in_thread(_hold, emails, blob_id)
+            if isinstance(path, SetError):
+                raise path
+            # Held once (by the hold or the put), released once.
+            prepared.held.append(blob_id)
+            ingested = await emails._parse(ingest_file, path, blob_id, language)
         else:
             # A derived blob (a part of another message) becomes a blob of its own.
             try:
@@ -579,12 +588,8 @@ async def _import_one(emails, context, account, item, prepared, visible):
                 raise SetError("blobNotFound", f"no blob {blob_id!r} in this account") from None
             emails._check_size(len(raw))
             blob_hash, _ = await emails._blobs.put(raw)
-            ingested = await emails._in_thread(
-                ingest, raw, blob_hash, emails._settings.default_language)
-        if isinstance(ingested, SetError):
-            raise ingested
-        # Held once (by the put or the hold above), released once.
-        prepared.held.append(ingested.blob_hash)
+            prepared.held.append(blob_hash)
+            ingested = await emails._parse(ingest, raw, blob_hash, language)
         if not ingested.header_count:
             raise SetError("invalidEmail", "the blob is no message: it has no header field")
         return ingested
@@ -592,26 +597,22 @@ async def _import_one(emails, context, account, item, prepared, visible):
         return error
 
 
-def _hold_and_ingest(emails, blob_hash):
-    # On a worker thread: keep the upload's file while the batch is built,
-    # read it, parse it. Too large a message is refused before parsing.
+def _hold(emails, blob_hash):
+    # On a worker thread: keep the upload's file while the batch is built;
+    # too large a message is refused before it is parsed.
+    # @return: the file's path, or the SetError that refuses it.
+    missing = SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
     try:
         emails._blobs.hold(blob_hash)
     except BlobMissing:
-        return SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
+        return missing
     try:
-        raw = emails._blobs.read_now(blob_hash)
-        emails._check_size(len(raw))
-    except (BlobMissing, SetError) as error:
+        path = emails._blobs.path_for(blob_hash)
+        emails._check_size(os.path.getsize(path))
+    except (OSError, BlobMissing, SetError) as error:
         emails._blobs.release_in_flight(blob_hash)
-        if isinstance(error, SetError):
-            return error
-        return SetError("blobNotFound", f"no blob {blob_hash!r} in this account")
-    try:
-        return ingest(raw, blob_hash, emails._settings.default_language)
-    except BaseException:
-        emails._blobs.release_in_flight(blob_hash)
-        raise
+        return error if isinstance(error, SetError) else missing
+    return path
 
 
 def _build_import(connection, batch, emails, context, account, given, prepared, if_in_state):

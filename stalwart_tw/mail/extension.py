@@ -14,6 +14,7 @@ from stalwart_tw.jmap.session import account_number
 from stalwart_tw.jmap.standard import standard_changes, standard_copy, standard_get, standard_set
 from stalwart_tw.mail import mime
 from stalwart_tw.mail.email import EmailType, email_import, email_parse
+from stalwart_tw.mail.ingest import warm_up
 from stalwart_tw.mail.mailbox import MailboxQuery, MailboxType, default_mailboxes, mailbox_changes
 from stalwart_tw.mail.query import EmailQuery
 from stalwart_tw.mail.snippet import search_snippets
@@ -38,18 +39,20 @@ class MailExtension(Extension):
     """
     Mailbox, Thread, Email and SearchSnippet.
 
-    @param node: the L{NodeService}: its store, writer and settings.
+    @param processes: the L{ProcessPool} that parses arriving messages.
     """
 
     capability = MAIL_CAPABILITY
 
-    def __init__(self, store, writer, settings, blobs, blob_access, clock):
+    def __init__(self, store, writer, settings, blobs, blob_access, processes, clock):
         self._store = store
         self._writer = writer
         self._settings = settings
         self.languages = (settings.default_language,)
         self.mailboxes = MailboxType(store, settings)
-        self.emails = EmailType(store, blobs, blob_access, settings, blobs.in_thread, clock)
+        processes.add_initializer(warm_up)
+        self.emails = EmailType(store, blobs, blob_access, settings, blobs.in_thread,
+                                processes.run, clock)
         self.threads = ThreadType(store)
         self.email_query = EmailQuery(store, self.languages, settings.changes_max_results)
         self._ready = set()

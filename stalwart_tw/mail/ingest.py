@@ -3,7 +3,7 @@ From raw bytes to the rows of a stored message: the one path of every
 message that enters an account (Email/import, Email/set create, delivery).
 
 L{ingest} is the costly part (MIME parsing, language detection, stemming)
-and runs on a worker thread, once per message, before the write is built;
+and runs in a parsing process, once per message, before the write is built;
 L{create_email} then adds the rows to a batch, deciding the message's
 number and thread from the account as drafted. What a follower applies
 is the rows: nothing here runs again on another node.
@@ -83,7 +83,8 @@ def _latest_received(view):
 
 def ingest(raw, blob_hash, default_language):
     """
-    Parse a message. On a worker thread: this is CPU work.
+    Parse a message: CPU work, for a parsing process (L{ProcessPool}); a
+    pure function of its arguments.
 
     @return: an L{Ingested}.
     """
@@ -118,6 +119,24 @@ def ingest(raw, blob_hash, default_language):
         attachments_size=attachments_size,
         header_count=len(header_fields),
     )
+
+
+def ingest_file(path, blob_hash, default_language):
+    """
+    L{ingest} of the message in the file at C{path}: what a parsing
+    process is sent, so that the message's bytes cross no pipe.
+    """
+    with open(path, "rb") as message_file:
+        raw = message_file.read()
+    return ingest(raw, blob_hash, default_language)
+
+
+def warm_up():
+    """
+    Load what parsing needs (the language model most of all) before the
+    first message waits for it: once per parsing process.
+    """
+    fts.warm_up()
 
 
 def create_email(draft, account, ingested, mailboxes, keywords, received_at):

@@ -301,6 +301,13 @@ def _language_identifier():
         return _identifier
 
 
+def warm_up():
+    """
+    Load the language model now rather than on the first message.
+    """
+    _language_identifier()
+
+
 def _check_language(language):
     if not isinstance(language, str) or not 0 < len(language) <= 8:
         raise ValueError(f"not a language code: {language!r}")

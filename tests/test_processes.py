@@ -1,0 +1,117 @@
+"""
+The parsing processes: calls run in other interpreters, errors come back
+as they were raised, a dead worker is replaced.
+"""
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from stalwart_tw.processes import ProcessPool, WorkerDied
+
+# Set by the initializer in each worker process.
+_warmed = None
+
+
+def _warm():
+    global _warmed
+    _warmed = os.getpid()
+
+
+def _report(value):
+    return value, os.getpid(), _warmed
+
+
+def _refuse(text):
+    raise ValueError(f"refused {text}")
+
+
+def _die_once(marker):
+    # The first call kills its worker; the retry finds the marker.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return os.getpid()
+
+
+def _die():
+    os._exit(3)
+
+
+class ProcessPoolTests(TestCase):
+
+    def pool(self, size=1):
+        threads = []
+
+        def in_thread(function, *args):
+            threads.append(function)
+            return deferToThread(function, *args)
+
+        pool = ProcessPool(size, in_thread, reactor=reactor)
+        pool.add_initializer(_warm)
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool, threads
+
+    @inlineCallbacks
+    def test_runs_in_another_process_after_its_initializer(self):
+        """A call runs in a worker process that ran the initializers first."""
+        pool, _ = self.pool()
+        value, pid, warmed = yield pool.run(_report, {"subject": "hello"})
+        self.assertEqual(value, {"subject": "hello"})
+        self.assertNotEqual(pid, os.getpid())
+        self.assertEqual(warmed, pid)
+
+    @inlineCallbacks
+    def test_error_comes_back(self):
+        """An exception raised in the worker fails the call with that exception."""
+        pool, _ = self.pool()
+        with self.assertRaises(ValueError) as raised:
+            yield pool.run(_refuse, "this")
+        self.assertEqual(str(raised.exception), "refused this")
+        # The worker lives on.
+        value, _, _ = yield pool.run(_report, 2)
+        self.assertEqual(value, 2)
+
+    @inlineCallbacks
+    def test_dead_worker_replaced_and_call_retried(self):
+        """A worker that dies mid-call is replaced, the call made again, one line logged."""
+        pool, _ = self.pool()
+        _, first, _ = yield pool.run(_report, 1)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        marker = os.path.abspath(self.mktemp())
+        pid = yield pool.run(_die_once, marker)
+        self.assertNotEqual(pid, first)
+        died = [e for e in logged if "parsing worker process" in e.get("log_format", "")]
+        self.assertEqual(len(died), 1)
+
+    @inlineCallbacks
+    def test_worker_that_always_dies_fails_the_call(self):
+        """A call that kills its worker twice fails with WorkerDied; later calls work."""
+        pool, _ = self.pool()
+        with self.assertRaises(WorkerDied):
+            yield pool.run(_die)
+        value, _, _ = yield pool.run(_report, 3)
+        self.assertEqual(value, 3)
+
+    @inlineCallbacks
+    def test_no_processes_runs_on_threads(self):
+        """With a size of 0 a call goes to the worker threads, in this process."""
+        pool, threads = self.pool(size=0)
+        value, pid, _ = yield pool.run(_report, 4)
+        self.assertEqual((value, pid), (4, os.getpid()))
+        self.assertEqual(threads, [_report])
+
+    @inlineCallbacks
+    def test_stopped_pool_refuses_calls(self):
+        """After stop, the workers are gone and a call is refused at once."""
+        pool, _ = self.pool()
+        yield pool.run(_report, 5)
+        yield pool.stop()
+        self.assertRaises(RuntimeError, pool.run, _report, 6)
