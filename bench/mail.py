@@ -184,6 +184,11 @@ def _rss(pid):
     return 0.0
 
 
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(child) for child in listing.read().split()]
+
+
 async def run(count, samples):
     port = free_port()
     messages = corpus(count)
@@ -272,7 +277,9 @@ async def measure(connection, messages, count, samples, pid):
             "accountId": account, "sinceState": states[-1]}, "c"]])))
     report("(g) Mailbox/get of all", await timed(samples, lambda _: connection.call([[
         "Mailbox/get", {"accountId": account, "ids": None}, "m"]])))
-    print(f"node memory: {_rss(pid):.0f} MB resident")
+    workers = _children(pid)
+    print(f"node memory: {_rss(pid):.0f} MB resident, and "
+          f"{sum(map(_rss, workers)):.0f} MB in its {len(workers)} parsing processes")
 
 
 def main(reactor_, count="10000", samples="200"):
