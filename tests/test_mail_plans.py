@@ -9,7 +9,7 @@ message's mailboxes read the whole account.
 import sqlalchemy
 from twisted.trial.unittest import SynchronousTestCase
 
-from stalwart_tw.store import schema
+from stalwart_tw.store import fts, mail_query, schema
 from stalwart_tw.store.draft import _equals_statement
 from stalwart_tw.store.engine import make_engine
 
@@ -68,3 +68,62 @@ class LookupPlanTests(SynchronousTestCase):
             rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall()
         plan = " ".join(row[-1] for row in rows)
         self.assertIn("email_id=?", plan)
+
+
+class TextWindowPlanTests(SynchronousTestCase):
+    """
+    A page of a text query whose matches all fit in it is read from the
+    full-text matches, not by walking the account's messages in date
+    order: a rare word in a large mailbox costs its matches.
+    """
+
+    COUNT = 60
+
+    def setUp(self):
+        self.engine = make_engine(self.mktemp(), 0)
+        self.addCleanup(self.engine.dispose)
+        with self.engine.begin() as connection:
+            schema.metadata.create_all(connection)
+            for number in range(1, self.COUNT + 1):
+                body = "rare word zanzibar" if number in (7, 30) else "plain words"
+                body += " common" if number % 2 else ""
+                connection.execute(schema.emails.insert().values(
+                    account_id=1, id=number, thread_id=number, blob_hash="h", size=10,
+                    received_at=1000 + number, envelope=b"", layout=b""))
+                connection.execute(schema.email_mailboxes.insert().values(
+                    account_id=1, mailbox_id=1, email_id=number, received_at=1000 + number))
+                connection.execute(schema.email_search.insert().values(
+                    **fts.index_row(1, number, {"body": body})))
+        self.statements = []
+
+        def record(conn, cursor, statement, parameters, context, executemany):
+            if "ORDER BY" in statement:
+                self.statements.append((statement, parameters))
+
+        sqlalchemy.event.listen(self.engine, "before_cursor_execute", record)
+
+    def window(self, word, limit):
+        where = sqlalchemy.and_(mail_query.in_mailbox(1, 1),
+                                mail_query.text_match(1, None, word, ("en",)))
+        comparators = [(schema.emails.c.received_at, False, False, None)]
+        matches = mail_query.text_matches(1, None, word, ("en",))
+        with self.engine.connect() as connection:
+            _, start, numbers, total = mail_query.query_window(
+                connection, 1, where, comparators, False, 0, limit, None, matches)
+            [(statement, parameters)] = self.statements
+            rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = " ".join(row[-1] for row in rows)
+        return numbers, total, plan
+
+    def test_rare_word_reads_its_matches(self):
+        """Two matches in sixty messages: the page is two key lookups and a sort."""
+        numbers, total, plan = self.window("zanzibar", 50)
+        self.assertEqual((numbers, total), ([30, 7], 2))
+        self.assertIn("emails USING INDEX sqlite_autoindex_emails_1 (account_id=? AND id=?)", plan)
+        self.assertNotIn("emails_by_received", plan)
+
+    def test_common_word_walks_the_date_order(self):
+        """When the matches overflow the page, the first page is found by date."""
+        numbers, total, plan = self.window("common", 5)
+        self.assertEqual((numbers, total), ([59, 57, 55, 53, 51], 30))
+        self.assertIn("emails_by_received", plan)

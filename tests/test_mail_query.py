@@ -195,6 +195,38 @@ class EmailSortTests(EmailQueryTestCase):
             "sort": self.newest_first(), "anchor": self.h1, "anchorOffset": -1, "limit": 2})
         self.assertEqual(response["ids"], [self.i1, self.h1])
 
+    @defer.inlineCallbacks
+    def test_text_windows(self):
+        """
+        A window of a text query holds the same messages however many of
+        the matches it covers: the matches read from the full-text index
+        when they all fit, the sort order walked when they do not.
+        """
+        newest = [self.b3, self.b2, self.b1]
+        windows = [(0, 50, newest), (0, 2, newest[:2]), (1, 2, newest[1:]), (2, 1, newest[2:]),
+                   (-1, 5, newest[2:]), (-2, 1, newest[1:2]), (3, 5, [])]
+        for condition in ({"text": "budget"}, {"inMailbox": self.inbox, "text": "budget"},
+                          {"operator": "AND", "conditions": [{"subject": "budget"}, {"text": "meeting"}]}):
+            for position, limit, expected in windows:
+                response = yield self.one("Email/query", {
+                    "filter": condition, "sort": self.newest_first(), "position": position,
+                    "limit": limit, "calculateTotal": True})
+                self.assertEqual((response["ids"], response["total"]), (expected, 3),
+                                 (condition, position, limit))
+        unflagged = {"operator": "AND", "conditions": [{"text": "budget"}, {"notKeyword": "$flagged"}]}
+        self.assertEqual((yield self.query(filter=unflagged, sort=self.newest_first())), [self.b3, self.b1])
+        either = {"operator": "OR", "conditions": [{"text": "budget"}, {"text": "photos"}]}
+        self.assertEqual((yield self.query(filter=either, sort=self.newest_first())), [self.b3, self.h1, self.b2, self.b1])
+        not_budget = {"operator": "NOT", "conditions": [{"text": "budget"}]}
+        self.assertEqual((yield self.query(filter=not_budget, sort=self.newest_first())), [self.i1, self.h1])
+        collapsed = yield self.one("Email/query", {
+            "filter": {"text": "budget"}, "sort": self.newest_first(), "collapseThreads": True,
+            "calculateTotal": True})
+        self.assertEqual((collapsed["ids"], collapsed["total"]), ([self.b3], 1))
+        oldest = yield self.query(filter={"text": "budget"}, sort=[{"property": "receivedAt"}],
+                                  limit=2)
+        self.assertEqual(oldest, [self.b1, self.b2])
+
 
 class EmailQueryChangesTests(EmailQueryTestCase):
     """

@@ -107,3 +107,11 @@ class DecodingPropertyTests(TestCase):
         text = encode_id("a", number)
         self.assertLessEqual(len(text), 14)
         self.assertEqual(decode_id("a", text), number)
+
+    @given(st.text(alphabet="0123456789abcdefghijklmnopqrstuvwxyzA_ -", max_size=15))
+    def test_ids_have_one_spelling(self, digits):
+        """An id decodes only in the spelling its number encodes to (no leading zeros)."""
+        text = "a" + digits
+        number = decode_id("a", text)
+        if number is not None:
+            self.assertEqual(encode_id("a", number), text)

@@ -9,6 +9,8 @@ another kind's (and never starts with a digit or '-', as the RFC advises).
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _VALUES = {character: value for value, character in enumerate(ALPHABET)}
+# Two digits at a time: ids are written on every object of every answer.
+_PAIRS = [high + low for high in ALPHABET for low in ALPHABET]
 
 
 def encode_id(prefix, number):
@@ -17,13 +19,11 @@ def encode_id(prefix, number):
     """
     if number < 0:
         raise ValueError("ids are not negative")
-    digits = []
-    while True:
-        number, digit = divmod(number, 32)
-        digits.append(ALPHABET[digit])
-        if number == 0:
-            break
-    return prefix + "".join(reversed(digits))
+    text = ""
+    while number >= 1024:
+        text = _PAIRS[number & 1023] + text
+        number >>= 10
+    return prefix + (_PAIRS[number] if number >= 32 else ALPHABET[number]) + text
 
 
 def decode_id(prefix, text):
@@ -33,13 +33,15 @@ def decode_id(prefix, text):
     """
     if not isinstance(text, str) or not 1 < len(text) <= 14 or not text.startswith(prefix):
         return None
+    digits = text[len(prefix):]
+    # One number, one id: no leading zeros.
+    if digits[0] == "0" and len(digits) > 1:
+        return None
     number = 0
-    for character in text[len(prefix):]:
+    for character in digits:
         value = _VALUES.get(character)
         if value is None:
             return None
         number = number * 32 + value
     # Past 63 bits no database column holds it: no object has that id.
-    if number >= 2**63 or encode_id(prefix, number) != text:
-        return None
-    return number
+    return number if number < 2**63 else None

@@ -167,6 +167,11 @@ def _header(value):
     return lambda account: sql.header_contains(account, name, folded)
 
 
+# Text conditions and the search field each reads (None: all of them).
+TEXT_FIELDS = {"text": None, "from": "from", "to": "to", "cc": "cc", "bcc": "bcc",
+               "subject": "subject", "body": "body"}
+
+
 def _text(field, languages):
     def compile_text(value):
         text = filter_string(value)
@@ -191,8 +196,7 @@ def email_query_spec(languages):
     @param languages: the languages text conditions stem in.
     @return: the L{QuerySpec} of Email/query.
     """
-    text = {field: _text(field if field != "text" else None, languages)
-            for field in ("text", "from", "to", "cc", "bcc", "subject", "body")}
+    text = {name: _text(field, languages) for name, field in TEXT_FIELDS.items()}
     return QuerySpec(
         filter_properties={
             "inMailbox": _mailbox,
@@ -243,6 +247,20 @@ def _query_changes_related(connection, account, numbers, since, budget):
     return [number for members in found.values() for number in members]
 
 
+def _required_text(filter_value):
+    # A text condition every result meets: one of the filter itself, or of
+    # a condition directly under a top-level AND, as (field, text).
+    conditions = [filter_value]
+    if isinstance(filter_value, dict) and filter_value.get("operator") == "AND":
+        conditions = filter_value.get("conditions") or []
+    for condition in conditions:
+        if isinstance(condition, dict) and "operator" not in condition:
+            for name, field in TEXT_FIELDS.items():
+                if isinstance(condition.get(name), str):
+                    return field, condition[name]
+    return None
+
+
 def _only_mailbox(filter_value):
     # The mailbox number of a filter that is one inMailbox condition alone.
     if isinstance(filter_value, dict) and set(filter_value) == {"inMailbox"}:
@@ -261,14 +279,15 @@ class EmailQuery(QueryEngine):
 
     def __init__(self, store, languages, max_changes):
         self._store = store
+        self._languages = languages
         self._spec = email_query_spec(languages)
         self._max_changes = max_changes
 
     def compile(self, filter_value, sort_value):
         where = compile_filter(self._spec, filter_value, _Clauses)
         comparators = compile_sort(self._spec, sort_value)
-        return where, comparators, _uses_threads(filter_value, sort_value), _only_mailbox(
-            filter_value)
+        return (where, comparators, _uses_threads(filter_value, sort_value),
+                _only_mailbox(filter_value), _required_text(filter_value))
 
     def _sql(self, account, compiled, extra):
         where, comparators = compiled[:2]
@@ -286,9 +305,11 @@ class EmailQuery(QueryEngine):
     async def run_window(self, context, account, compiled, extra, window):
         if window.anchor is not None:
             return await super().run_window(context, account, compiled, extra, window)
+        text = compiled[4]
+        matches = None if text is None else sql.text_matches(account, *text, self._languages)
         modseq, start, numbers, total = await self._store.read(
             sql.query_window, account, *self._sql(account, compiled, extra), window.position,
-            window.limit, compiled[3])
+            window.limit, compiled[3], matches)
         return modseq, start, [email_id(number) for number in numbers], total
 
     async def related_changes(self, context, account, compiled, extra, changed, since):

@@ -15,7 +15,7 @@ a window function (ROW_NUMBER over the thread), so the database does the
 winnowing, not Python.
 """
 
-from sqlalchemy import Text, and_, case, distinct, exists, func, select, true
+from sqlalchemy import BigInteger, Text, and_, case, distinct, exists, func, literal, select, true, tuple_
 
 from stalwart_tw.store import fts, schema
 from stalwart_tw.store.changes import type_modseq
@@ -117,12 +117,17 @@ def header_contains(account, name, folded):
     )
 
 
-def text_match(account, field, text, languages):
+def text_matches(account, field, text, languages):
     """
     @param field: C{subject}, C{from}, C{to}, C{cc}, C{bcc}, C{body}, or
         C{None} for everything (the C{text} condition).
+    @return: the SELECT of the numbers of the messages that match.
     """
-    return _e.c.id.in_(fts.match(account, field, text, languages))
+    return fts.match(account, field, text, languages)
+
+
+def text_match(account, field, text, languages):
+    return _e.c.id.in_(text_matches(account, field, text, languages))
 
 
 def keyword_sort(account, keyword, mode=None):
@@ -166,20 +171,28 @@ def _by(pairs):
     return [expression if ascending else expression.desc() for expression, ascending in pairs]
 
 
-def _statement(account, where, comparators, collapse):
+def _condition(account, where, matches=None):
+    if matches is None:
+        return and_(_e.c.account_id == account, where)
+    # The messages named by a full-text match, looked up by key: with the
+    # account inside the key the planner has no account range of a sort
+    # index to walk instead.
+    found = matches.subquery()
+    keys = select(literal(account, BigInteger), found.c.email_id)
+    return and_(tuple_(_e.c.account_id, _e.c.id).in_(keys), where)
+
+
+def _statement(condition, comparators, collapse):
     order = _order(comparators)
-    condition = and_(_e.c.account_id == account, where)
     if not collapse:
-        statement = select(_e.c.id).where(condition).order_by(*_by(order))
-    else:
-        place = func.row_number().over(partition_by=_e.c.thread_id, order_by=_by(order))
-        ranked = select(
-            _e.c.id.label("number"), place.label("place"),
-            *[expression.label(f"k{index}") for index, (expression, _) in enumerate(order)],
-        ).where(condition).subquery()
-        keys = [(ranked.c[f"k{index}"], up) for index, (_, up) in enumerate(order)]
-        statement = select(ranked.c.number).where(ranked.c.place == 1).order_by(*_by(keys))
-    return statement, condition
+        return select(_e.c.id).where(condition).order_by(*_by(order))
+    place = func.row_number().over(partition_by=_e.c.thread_id, order_by=_by(order))
+    ranked = select(
+        _e.c.id.label("number"), place.label("place"),
+        *[expression.label(f"k{index}") for index, (expression, _) in enumerate(order)],
+    ).where(condition).subquery()
+    keys = [(ranked.c[f"k{index}"], up) for index, (_, up) in enumerate(order)]
+    return select(ranked.c.number).where(ranked.c.place == 1).order_by(*_by(keys))
 
 
 def query(connection, account, where, comparators, collapse):
@@ -190,13 +203,13 @@ def query(connection, account, where, comparators, collapse):
     @param collapse: keep only the first message of each thread.
     @return: C{(Email modseq, message numbers in order)}.
     """
-    statement, _ = _statement(account, where, comparators, collapse)
+    statement = _statement(_condition(account, where), comparators, collapse)
     numbers = list(connection.execute(statement).scalars())
     return type_modseq(connection, account, EMAIL), numbers
 
 
 def query_window(connection, account, where, comparators, collapse, position, limit,
-                 only_mailbox=None):
+                 only_mailbox=None, matches=None):
     """
     As L{query}, for the window of C{limit} results from C{position}
     (from the end when negative): the database counts and cuts, so a
@@ -205,9 +218,14 @@ def query_window(connection, account, where, comparators, collapse, position, li
     @param only_mailbox: the mailbox number when the filter is that one
         inMailbox condition alone: then the total is the mailbox's count,
         read from its index.
+    @param matches: a full-text match (L{fts.match}) that every result
+        meets, or C{None}. When all the results fit in the window, they
+        are read from the match rather than by walking the sort order past
+        every message that does not match: a rare word costs its matches,
+        not the mailbox.
     @return: C{(Email modseq, start, message numbers, total)}.
     """
-    statement, condition = _statement(account, where, comparators, collapse)
+    condition = _condition(account, where)
     if only_mailbox is not None and not collapse:
         total = connection.execute(select(func.count()).where(
             (_members.c.account_id == account) & (_members.c.mailbox_id == only_mailbox)
@@ -216,7 +234,13 @@ def query_window(connection, account, where, comparators, collapse, position, li
         counted = func.count(distinct(_e.c.thread_id)) if collapse else func.count()
         total = connection.execute(select(counted).where(condition)).scalar_one()
     start = max(0, total + position) if position < 0 else position
-    numbers = list(connection.execute(statement.limit(limit).offset(start)).scalars())
+    if start >= total:
+        numbers = []
+    else:
+        if matches is not None and total <= start + limit:
+            condition = _condition(account, where, matches)
+        statement = _statement(condition, comparators, collapse)
+        numbers = list(connection.execute(statement.limit(limit).offset(start)).scalars())
     return type_modseq(connection, account, EMAIL), start, numbers, total
 
 
