@@ -8,6 +8,7 @@ every later one is C{(function, args)}, answered by C{(True, result)} or
 C{(False, exception)}, in order. End of input ends the process.
 """
 
+import ctypes
 import os
 import pickle
 import struct
@@ -45,6 +46,15 @@ def _answer(frame):
         return pickle.dumps((False, RuntimeError(f"unpicklable outcome: {error!r}")))
 
 
+def _release_free_heap():
+    # What the initializers freed (a model's loading buffers) goes back to
+    # the system rather than staying in this process's heap (glibc only).
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def main():
     frames_in = sys.stdin.buffer
     # Frames own stdout; anything printed goes to stderr, which the parent logs.
@@ -57,6 +67,7 @@ def main():
     sys.path[:] = path
     for initializer in pickle.loads(initializers):
         initializer()
+    _release_free_heap()
     while True:
         frame = read_frame(frames_in)
         if frame is None:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from twisted.trial.unittest import SynchronousTestCase
 
 from stalwart_tw.store import fts  # before create_all: it installs the index
-from stalwart_tw.store import schema
+from stalwart_tw.store import schema, search_text
 from stalwart_tw.store.batch import WriteBatch, apply_batch
 from stalwart_tw.store.engine import make_engine
 
@@ -47,7 +47,7 @@ class IndexMixin:
         self.addCleanup(self.transaction.rollback)
 
     def add(self, email_id, account_id=ACCOUNT, default_language="en", **fields):
-        row = fts.index_row(account_id, email_id, fields, default_language)
+        row = search_text.index_row(account_id, email_id, fields, default_language)
         self.connection.execute(insert(schema.email_search).values(**row))
         return row
 
@@ -124,11 +124,11 @@ class MatchWordsTests(IndexMixin, SynchronousTestCase):
 
     def test_words_after_the_bound_are_not_indexed(self):
         """Only the first MAX_FIELD_CHARS["body"] characters of a body are indexed."""
-        filler = "alpha " * (fts.MAX_FIELD_CHARS["body"] // 6 + 10)
+        filler = "alpha " * (search_text.MAX_FIELD_CHARS["body"] // 6 + 10)
         row = self.add(1, body=filler + "omega")
         self.assertEqual(self.found("alpha"), [1])
         self.assertEqual(self.found("omega"), [])
-        self.assertLessEqual(len(row["body"].split()), 2 * fts.MAX_FIELD_CHARS["body"] // 6 + 3)
+        self.assertLessEqual(len(row["body"].split()), 2 * search_text.MAX_FIELD_CHARS["body"] // 6 + 3)
 
 
 class MatchFieldsTests(IndexMixin, SynchronousTestCase):
@@ -245,7 +245,7 @@ class TriggerTests(IndexMixin, SynchronousTestCase):
     def test_update(self):
         """Updating a row's text replaces what the index holds for it."""
         row = self.add(1, subject="before")
-        new = fts.index_row(ACCOUNT, 1, {"subject": "after"})
+        new = search_text.index_row(ACCOUNT, 1, {"subject": "after"})
         self.connection.execute(
             update(schema.email_search).where(schema.email_search.c.rowid == row["rowid"])
             .values(subject=new["subject"])
@@ -265,7 +265,7 @@ class TriggerTests(IndexMixin, SynchronousTestCase):
     def test_through_a_write_batch(self):
         """A row carried by a WriteBatch through bytes is indexed when applied."""
         batch = WriteBatch()
-        batch.insert("email_search", **fts.index_row(ACCOUNT, 9, {"subject": "batched hello"}))
+        batch.insert("email_search", **search_text.index_row(ACCOUNT, 9, {"subject": "batched hello"}))
         result = apply_batch(self.connection, WriteBatch.from_bytes(batch.to_bytes()), 1)
         self.assertTrue(result.applied, result)
         self.assertEqual(self.found("hello"), [9])
@@ -279,7 +279,7 @@ class TriggerTests(IndexMixin, SynchronousTestCase):
             self.connection.exec_driver_sql(f"DROP TRIGGER email_search_fts_{trigger}")
         self.connection.exec_driver_sql("DROP TABLE email_search_fts")
         self.connection.execute(insert(schema.email_search).values(
-            **fts.index_row(ACCOUNT, 2, {"body": "unindexed"})
+            **search_text.index_row(ACCOUNT, 2, {"body": "unindexed"})
         ))
         schema.metadata.create_all(self.connection)
         self.assertEqual(self.found("early"), [1])
@@ -296,7 +296,7 @@ class TriggerTests(IndexMixin, SynchronousTestCase):
             connection.info["writer"] = True
             with connection.begin():
                 schema.metadata.create_all(connection)
-                row = fts.index_row(ACCOUNT, 3, {"body": "durable words"})
+                row = search_text.index_row(ACCOUNT, 3, {"body": "durable words"})
                 connection.execute(insert(schema.email_search).values(**row))
         with engine.connect() as connection:
             with connection.begin():
@@ -356,30 +356,30 @@ class LanguageTests(SynchronousTestCase):
         """A paragraph of English, German or French is detected as such."""
         for text, language in ((ENGLISH, "en"), (GERMAN, "de"), (FRENCH, "fr"),
                                (CHINESE, "zh"), (JAPANESE, "ja")):
-            self.assertEqual(fts.detect_language(text, "en"), language, text)
-            self.assertEqual(fts.index_row(ACCOUNT, 1, {"body": text}, "it")["language"], language)
+            self.assertEqual(search_text.detect_language(text, "en"), language, text)
+            self.assertEqual(search_text.index_row(ACCOUNT, 1, {"body": text}, "it")["language"], language)
 
     def test_short_text(self):
         """Short text takes the default language."""
         for text in ("", "Hallo", "Re: Rechnung", "ok thanks"):
-            self.assertEqual(fts.detect_language(text, "fr"), "fr", text)
-        self.assertEqual(fts.index_row(ACCOUNT, 1, {"subject": "Merci"}, "de")["language"], "de")
+            self.assertEqual(search_text.detect_language(text, "fr"), "fr", text)
+        self.assertEqual(search_text.index_row(ACCOUNT, 1, {"subject": "Merci"}, "de")["language"], "de")
 
     def test_unsure_text(self):
         """Text in a language detection does not offer takes the default language."""
-        self.assertEqual(fts.detect_language("ประชุมพรุ่งนี้ที่สำนักงานใหญ่ตอนเก้าโมงเช้า", "en"), "en")
+        self.assertEqual(search_text.detect_language("ประชุมพรุ่งนี้ที่สำนักงานใหญ่ตอนเก้าโมงเช้า", "en"), "en")
 
     def test_stems_follow_the_language(self):
         """The stored stems are those of the detected language."""
-        row = fts.index_row(ACCOUNT, 1, {"body": GERMAN})
+        row = search_text.index_row(ACCOUNT, 1, {"body": GERMAN})
         self.assertIn(" haus ", row["body"] + " ")
-        self.assertNotIn(" haus ", fts.index_row(ACCOUNT, 1, {"body": "die Häusern"})["body"] + " ")
+        self.assertNotIn(" haus ", search_text.index_row(ACCOUNT, 1, {"body": "die Häusern"})["body"] + " ")
 
     def test_bad_input(self):
         """Unknown fields, non-text values and bad ids are refused."""
-        self.assertRaises(ValueError, fts.index_row, ACCOUNT, 1, {"sender": "x"})
-        self.assertRaises(TypeError, fts.index_row, ACCOUNT, 1, {"body": b"x"})
-        self.assertRaises(ValueError, fts.index_row, ACCOUNT, 1, {}, "not-a-language")
+        self.assertRaises(ValueError, search_text.index_row, ACCOUNT, 1, {"sender": "x"})
+        self.assertRaises(TypeError, search_text.index_row, ACCOUNT, 1, {"body": b"x"})
+        self.assertRaises(ValueError, search_text.index_row, ACCOUNT, 1, {}, "not-a-language")
 
 
 class RowidTests(SynchronousTestCase):
@@ -389,14 +389,14 @@ class RowidTests(SynchronousTestCase):
 
     def test_unique(self):
         """Account and email ids give distinct rowids."""
-        self.assertNotEqual(fts.search_rowid(1, 2), fts.search_rowid(2, 1))
-        self.assertEqual(fts.search_rowid(0, 7), 7)
-        self.assertEqual(fts.search_rowid(2**31 - 1, 2**32 - 1), 2**63 - 1)
+        self.assertNotEqual(search_text.search_rowid(1, 2), search_text.search_rowid(2, 1))
+        self.assertEqual(search_text.search_rowid(0, 7), 7)
+        self.assertEqual(search_text.search_rowid(2**31 - 1, 2**32 - 1), 2**63 - 1)
 
     def test_bounds(self):
         """Ids out of range are refused."""
         for account_id, email_id in ((-1, 0), (2**31, 0), (0, 2**32), (0, -1), (True, 1), (1, "2")):
-            self.assertRaises(ValueError, fts.search_rowid, account_id, email_id)
+            self.assertRaises(ValueError, search_text.search_rowid, account_id, email_id)
 
 
 class HighlightTests(SynchronousTestCase):
@@ -406,7 +406,7 @@ class HighlightTests(SynchronousTestCase):
 
     def test_marks_words_and_stems(self):
         """Matching words are marked, by stem and folded, and the rest escaped."""
-        mark = fts.highlight_terms("running CAFE")
+        mark = search_text.highlight_terms("running CAFE")
         self.assertEqual(
             mark('He runs to the café & <eats> "cake"'),
             'He <mark>runs</mark> to the <mark>café</mark> &amp; &lt;eats&gt; &quot;cake&quot;',
@@ -414,33 +414,33 @@ class HighlightTests(SynchronousTestCase):
 
     def test_no_match(self):
         """Nothing matching gives None."""
-        self.assertIsNone(fts.highlight_terms("zebra")("He runs"))
-        self.assertIsNone(fts.highlight_terms("")("He runs"))
-        self.assertIsNone(fts.highlight_terms("zebra")(None))
+        self.assertIsNone(search_text.highlight_terms("zebra")("He runs"))
+        self.assertIsNone(search_text.highlight_terms("")("He runs"))
+        self.assertIsNone(search_text.highlight_terms("zebra")(None))
 
     def test_language(self):
         """Stems are those of the languages given."""
         self.assertEqual(
-            fts.highlight_terms("Häuser", ("de",))("Die Häusern"), "Die <mark>Häusern</mark>"
+            search_text.highlight_terms("Häuser", ("de",))("Die Häusern"), "Die <mark>Häusern</mark>"
         )
-        self.assertIsNone(fts.highlight_terms("Häuser", ("en",))("Die Häusern"))
+        self.assertIsNone(search_text.highlight_terms("Häuser", ("en",))("Die Häusern"))
 
     def test_cjk(self):
         """CJK words are marked inside a run."""
-        self.assertEqual(fts.highlight_terms("北京")(CHINESE), "我们明天在<mark>北京</mark>开会，请准时参加。")
+        self.assertEqual(search_text.highlight_terms("北京")(CHINESE), "我们明天在<mark>北京</mark>开会，请准时参加。")
 
     def test_addresses_and_phrases(self):
         """Parts of addresses and the words of phrases are marked."""
         self.assertEqual(
-            fts.highlight_terms("alice")("From alice@example.com"),
+            search_text.highlight_terms("alice")("From alice@example.com"),
             "From <mark>alice</mark>@example.com",
         )
         self.assertEqual(
-            fts.highlight_terms("example.com")("From alice@example.com"),
+            search_text.highlight_terms("example.com")("From alice@example.com"),
             "From alice@<mark>example.com</mark>",
         )
         self.assertEqual(
-            fts.highlight_terms('"quick brown"')("The quick brown fox"),
+            search_text.highlight_terms('"quick brown"')("The quick brown fox"),
             "The <mark>quick</mark> <mark>brown</mark> fox",
         )
 

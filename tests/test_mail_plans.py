@@ -9,7 +9,7 @@ message's mailboxes read the whole account.
 import sqlalchemy
 from twisted.trial.unittest import SynchronousTestCase
 
-from stalwart_tw.store import fts, mail_query, schema
+from stalwart_tw.store import mail_query, schema, search_text
 from stalwart_tw.store.draft import _equals_statement
 from stalwart_tw.store.engine import make_engine
 
@@ -93,7 +93,7 @@ class TextWindowPlanTests(SynchronousTestCase):
                 connection.execute(schema.email_mailboxes.insert().values(
                     account_id=1, mailbox_id=1, email_id=number, received_at=1000 + number))
                 connection.execute(schema.email_search.insert().values(
-                    **fts.index_row(1, number, {"body": body})))
+                    **search_text.index_row(1, number, {"body": body})))
         self.statements = []
 
         def record(conn, cursor, statement, parameters, context, executemany):

@@ -115,3 +115,29 @@ class ProcessPoolTests(TestCase):
         yield pool.run(_report, 5)
         yield pool.stop()
         self.assertRaises(RuntimeError, pool.run, _report, 6)
+
+
+class ParsingProcessFootprintTests(TestCase):
+    """
+    A parsing process holds the parser and the language model, not the
+    server: no database or network code is imported into it.
+    """
+
+    @inlineCallbacks
+    def test_parsing_imports_no_server_code(self):
+        from stalwart_tw.mail import parsing
+
+        pool = ProcessPool(1, deferToThread, reactor=reactor)
+        pool.add_initializer(parsing.warm_up)
+        pool.start()
+        self.addCleanup(pool.stop)
+        message = self.mktemp()
+        with open(message, "wb") as output:
+            output.write(b"Subject: Hello\r\nFrom: a@example.com\r\n\r\nA short note about lunch.\r\n")
+        ingested = yield pool.run(parsing.ingest_file, message, "h", "en")
+        self.assertEqual(ingested.size, os.path.getsize(message))
+        # eval is pickled by name, so asking costs the worker no import.
+        loaded = yield pool.run(eval, "sorted({name.split('.')[0] for name in __import__('sys').modules})")
+        self.assertIn("Stemmer", loaded)
+        self.assertIn("py3langid", loaded)
+        self.assertEqual([name for name in ("sqlalchemy", "twisted", "klein") if name in loaded], [])

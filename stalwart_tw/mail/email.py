@@ -4,8 +4,8 @@ Email (RFC 8621 section 4): /get, /changes, /set, /copy, /import and
 
 A message's bytes are its blob, stored as received; its MIME structure
 (with byte offsets), convenience headers and preview were worked out once
-when it arrived (ingest.py), so /get of the fast properties reads rows
-alone, and a body value decodes just the bytes of its part.
+when it arrived (parsing.py, ingest.py), so /get of the fast properties
+reads rows alone, and a body value decodes just the bytes of its part.
 
 Choices:
 - Duplicates are allowed: importing the same message twice makes two
@@ -45,7 +45,8 @@ from stalwart_tw.jmap.standard import (
     type_arguments,
 )
 from stalwart_tw.mail import messages, mime
-from stalwart_tw.mail.ingest import copy_email, create_email, ingest, ingest_file
+from stalwart_tw.mail.ingest import copy_email, create_email
+from stalwart_tw.mail.parsing import ingest, ingest_file
 from stalwart_tw.mail.keywords import KeywordError, check_keyword_set
 from stalwart_tw.mail.mailbox import mailbox_number
 from stalwart_tw.mail.messages import email_id, email_number, mailbox_id, thread_id

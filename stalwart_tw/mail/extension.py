@@ -14,7 +14,7 @@ from stalwart_tw.jmap.session import account_number
 from stalwart_tw.jmap.standard import standard_changes, standard_copy, standard_get, standard_set
 from stalwart_tw.mail import mime
 from stalwart_tw.mail.email import EmailType, email_import, email_parse
-from stalwart_tw.mail.ingest import warm_up
+from stalwart_tw.mail.parsing import warm_up
 from stalwart_tw.mail.mailbox import MailboxQuery, MailboxType, default_mailboxes, mailbox_changes
 from stalwart_tw.mail.query import EmailQuery
 from stalwart_tw.mail.snippet import search_snippets

@@ -14,7 +14,7 @@ from stalwart_tw.jmap.errors import REQUEST_TOO_LARGE, MethodError, invalid_argu
 from stalwart_tw.jmap.session import account_id
 from stalwart_tw.jmap.standard import check_arguments, require_account
 from stalwart_tw.mail.messages import email_id, email_number
-from stalwart_tw.store import fts
+from stalwart_tw.store import search_text
 from stalwart_tw.store.mail_sql import email_rows
 
 SNIPPET_ARGUMENTS = frozenset({"accountId", "filter", "emailIds"})
@@ -59,8 +59,8 @@ async def search_snippets(store, query, languages, max_objects, context, argumen
     query.compile(filter_value, None)
     subject_terms = " ".join(_texts(filter_value, _SUBJECT_CONDITIONS))
     preview_terms = " ".join(_texts(filter_value, _PREVIEW_CONDITIONS))
-    mark_subject = fts.highlight_terms(subject_terms, languages) if subject_terms else None
-    mark_preview = fts.highlight_terms(preview_terms, languages) if preview_terms else None
+    mark_subject = search_text.highlight_terms(subject_terms, languages) if subject_terms else None
+    mark_preview = search_text.highlight_terms(preview_terms, languages) if preview_terms else None
     numbers = {email_number(i) for i in email_ids} - {None}
     found = await store.read(_read, account, numbers)
     snippets, not_found = [], []
