@@ -18,7 +18,7 @@ import pickle
 import sys
 from collections import deque
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -108,9 +108,16 @@ class ProcessPool:
 
     def start(self):
         """
-        Accept calls; workers start with the first one.
+        Start every worker and accept calls.
+
+        @return: a Deferred that fires once each worker has run its
+            initializers (the first message parsed then waits for no
+            model to load), or fails with L{WorkerDied} when they kill it.
         """
         self._stopped = False
+        warming = [self.run(os.getpid) for _ in range(self.size)]
+        return DeferredList(warming, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda failure: failure.value.subFailure)
 
     def add_initializer(self, function):
         """

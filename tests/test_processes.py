@@ -6,7 +6,7 @@ as they were raised, a dead worker is replaced.
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -141,3 +141,36 @@ class ParsingProcessFootprintTests(TestCase):
         self.assertIn("Stemmer", loaded)
         self.assertIn("py3langid", loaded)
         self.assertEqual([name for name in ("sqlalchemy", "twisted", "klein") if name in loaded], [])
+
+
+def _broken_initializer():
+    raise ImportError("no parser here")
+
+
+class ProcessPoolStartTests(TestCase):
+    """
+    Starting a pool starts its workers, so the first call waits for no
+    model to load, and a worker that cannot initialise stops the start.
+    """
+
+    @inlineCallbacks
+    def test_start_warms_every_worker(self):
+        pool = ProcessPool(2, deferToThread, reactor=reactor)
+        pool.add_initializer(_warm)
+        yield pool.start()
+        self.addCleanup(pool.stop)
+        answers = yield gatherResults([pool.run(_report, n) for n in range(2)])
+        self.assertEqual(len({pid for _, pid, _ in answers}), 2)
+        self.assertEqual([warmed for _, _, warmed in answers], [pid for _, pid, _ in answers])
+
+    @inlineCallbacks
+    def test_broken_initializer_fails_the_start(self):
+        pool = ProcessPool(1, deferToThread, reactor=reactor)
+        pool.add_initializer(_broken_initializer)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        with self.assertRaises(WorkerDied):
+            yield pool.start()
+        yield pool.stop()
+        self.assertTrue(any("no parser here" in str(event.get("line", "")) for event in logged))
